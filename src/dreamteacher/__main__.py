@@ -1,0 +1,3 @@
+from dreamteacher.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The Python API; mirrors the CLI one function per command.
+
+    import dreamteacher as dt
+    dt.train_teacher(data="imgs/", out="runs/teacher", preset="small", steps=20000)
+    dt.pretrain(data="imgs/", teacher="runs/teacher", backbone="resnet50", out="runs/pre")
+    dt.export("runs/pre", out="runs/bb")
+    dt.finetune(data="seg/", backbone="resnet50", weights="runs/bb", labels=46, out="runs/ft")
+
+Each takes the config keys as keyword arguments, plus `config=` (a YAML file) and
+`overrides=` (["key=value", ...]); precedence: defaults < config < kwargs < overrides.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dreamteacher import engine
+from dreamteacher.config import FinetuneConfig, PretrainConfig, TeacherConfig, build_config
+from dreamteacher.export import export as _export
+
+
+def train_teacher(data: str | None = None, out: str | None = None, *, config: str | None = None,
+                  overrides: list[str] | None = None, **kwargs: Any) -> Path:
+    """Train a diffusion teacher on every image under `data`; returns the run folder."""
+    cfg = build_config(TeacherConfig, config, overrides, data=data, out=out, **kwargs)
+    return engine.train_teacher(cfg)
+
+
+def pretrain(data: str | None = None, teacher: str | None = None, out: str | None = None, *,
+             backbone: str | None = None, config: str | None = None,
+             overrides: list[str] | None = None, **kwargs: Any) -> Path:
+    """Feature-distil `teacher` into a timm `backbone`; returns the run folder."""
+    cfg = build_config(PretrainConfig, config, overrides, data=data, teacher=teacher, out=out,
+                       backbone=backbone, **kwargs)
+    return engine.pretrain(cfg)
+
+
+def export(run: str | Path, out: str | Path) -> Path:
+    """Write the pretrained backbone as timm weights; returns the export folder."""
+    return _export(run, out)
+
+
+def finetune(data: str | None = None, out: str | None = None, *, backbone: str | None = None,
+             weights: str | None = None, config: str | None = None,
+             overrides: list[str] | None = None, **kwargs: Any) -> dict:
+    """Fine-tune for segmentation and evaluate; returns metrics.json's content."""
+    cfg = build_config(FinetuneConfig, config, overrides, data=data, out=out, backbone=backbone,
+                       weights=weights, **kwargs)
+    return engine.finetune(cfg)
+
+
+def demo(out: str = "runs/demo", **kwargs: Any) -> dict:
+    """The whole pipeline on procedurally generated scenes; returns results.json's content."""
+    from dreamteacher.demo import run_demo
+
+    return run_demo(out, **kwargs)

@@ -1,0 +1,100 @@
+"""Command line: a thin layer over dreamteacher.api.
+
+    dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
+    dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
+    dreamteacher export RUN2 --out BB
+    dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
+    dreamteacher demo [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dreamteacher.errors import UserError
+
+
+def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+    if data:
+        p.add_argument("--data", help="input folder")
+    p.add_argument("--out", help="run folder to write")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--image-size", type=int, nargs="+", metavar="H W",
+                   help="input size: one number (square) or H W")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--save-every", type=int, help="steps between checkpoints")
+    p.add_argument("--resume", action="store_true", default=None,
+                   help="continue from the last checkpoint in --out")
+    p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument("--config", help="YAML file of config keys")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dreamteacher", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-teacher", help="train a diffusion teacher on a folder of images")
+    _common(p)
+    p.add_argument("--preset", help="UNet size: tiny, small or base")
+    p.add_argument("--steps", type=int)
+
+    p = sub.add_parser("pretrain", help="distil a teacher's features into a timm backbone")
+    _common(p)
+    p.add_argument("--teacher", help="train-teacher run folder or a diffusers UNet folder")
+    p.add_argument("--backbone", help="timm model name, e.g. resnet50")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--t", type=int, nargs="+", help="diffusion step(s) of the encoding")
+
+    p = sub.add_parser("export", help="write the pretrained backbone as timm weights")
+    p.add_argument("run", help="pretrain run folder")
+    p.add_argument("--out", required=True, help="export folder")
+
+    p = sub.add_parser("finetune", help="fine-tune for segmentation and evaluate (mIoU)")
+    _common(p)
+    p.add_argument("--backbone", help="timm model name")
+    p.add_argument("--weights", help="exported backbone folder, or 'scratch'")
+    p.add_argument("--labels", type=int, help="number of labelled training images")
+    p.add_argument("--steps", type=int)
+
+    p = sub.add_parser("demo", help="the whole pipeline on generated scenes (about 10 min)")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--device", default=None)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="demo settings, e.g. teacher_steps=200")
+    return ap
+
+
+_FLAG_KEYS = ("data", "out", "seed", "image_size", "batch_size", "save_every", "resume",
+              "device", "preset", "steps", "teacher", "backbone", "epochs", "t", "weights",
+              "labels")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dreamteacher import api  # imported late: `--help` stays fast
+    from dreamteacher.config import parse_overrides
+
+    try:
+        if args.command == "export":
+            api.export(args.run, args.out)
+            return 0
+        if args.command == "demo":
+            api.demo(args.out, device=args.device, **parse_overrides(args.overrides))
+            return 0
+        kw = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
+        fn = {"train-teacher": api.train_teacher, "pretrain": api.pretrain,
+              "finetune": api.finetune}[args.command]
+        fn(config=args.config, overrides=args.overrides, **kw)
+        return 0
+    except UserError as e:
+        print(f"dreamteacher {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,218 @@
+"""Typed run configs: dataclass defaults <- YAML file <- CLI flags <- `key=value` overrides.
+
+Every run folder gets the resolved config as `config.yaml`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dreamteacher.errors import UserError
+
+
+@dataclass
+class TeacherConfig:
+    """`train-teacher`: a DDPM (diffusers UNet2DModel + DDPMScheduler) on a folder of images."""
+
+    data: str = ""
+    out: str = ""
+    splits: list[str] | None = None  # with a mask folder as data: use only these splits' images
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # H, W
+    preset: str = "tiny"  # UNet size: tiny | small | base
+    block_out_channels: list[int] | None = None  # overrides the preset
+    layers_per_block: int | None = None  # overrides the preset
+    attention_levels: list[int] | None = None  # encoder levels with self-attention
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    num_samples: int = 16  # images in the sample grid
+    sample_steps: int = 50  # DDIM steps used to draw the sample grid
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class PretrainConfig:
+    """`pretrain`: feature distillation of a teacher into a timm backbone (METHOD.md 1-3, 5)."""
+
+    data: str = ""
+    teacher: str = ""
+    out: str = ""
+    splits: list[str] | None = None  # with a mask folder as data: use only these splits' images
+    backbone: str = "resnet50"
+    image_size: list[int] | None = None  # default: the teacher's training resolution
+    epochs: int = 100
+    batch_size: int = 16
+    lr: float = 4e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_epochs: float = 20.0
+    t: list[int] = field(default_factory=lambda: [50])  # each sample draws one t from the list
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    lambda_at: float = 10.0
+    regressor_channels: int = 256
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    """`finetune`: semantic segmentation with a UPerNet head, all weights trainable."""
+
+    data: str = ""
+    out: str = ""
+    backbone: str = "resnet50"
+    weights: str = "scratch"  # an exported backbone folder, or "scratch"
+    labels: int | None = None  # N labelled training images (None = all)
+    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    head_channels: int = 256
+    eval_split: str = "auto"  # test if present, else val
+    eval_batch_size: int = 8
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+
+
+C = TypeVar("C")
+
+
+def _check_type(name: str, value: Any, tp: Any) -> Any:
+    """Coerce/validate one value against a dataclass field type; raise UserError if wrong."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_type(name, value, a)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0])
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            value = [value]  # one number = a list of one (e.g. t=50, image_size=64)
+        return [_check_type(name, v, inner) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    tname = getattr(tp, "__name__", str(tp))
+    raise UserError(f"config key '{name}' must be {tname}, got {value!r}; fix its value")
+
+
+def _apply(cfg: Any, updates: dict[str, Any], source: str) -> None:
+    hints = typing.get_type_hints(type(cfg))
+    names = [f.name for f in dataclasses.fields(cfg)]
+    for key, value in updates.items():
+        k = key.replace("-", "_")
+        if k not in hints:
+            raise UserError(
+                f"unknown config key '{key}' in {source}; valid keys: {', '.join(names)}"
+            )
+        setattr(cfg, k, _check_type(k, value, hints[k]))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings -> dict; values parsed as YAML (so 3, 1e-3, [50,150], true work)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value (e.g. lr=1e-3)")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def build_config(
+    cls: type[C],
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> C:
+    """Resolve a config: defaults, then the YAML file, then kwargs (not None), then overrides."""
+    cfg = cls()
+    if config_file:
+        path = Path(config_file)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise UserError(f"config file {path} not found; check the --config path") from None
+        except yaml.YAMLError as e:
+            line = getattr(getattr(e, "problem_mark", None), "line", None)
+            where = f" (line {line + 1})" if line is not None else ""
+            raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must hold a mapping of key: value")
+        _apply(cfg, data, str(path))
+    _apply(cfg, {k: v for k, v in kwargs.items() if v is not None}, "arguments")
+    if overrides:
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        _apply(cfg, ov, "overrides")
+    if getattr(cfg, "image_size", None) is not None:
+        cfg.image_size = normalize_size(cfg.image_size)
+    return cfg
+
+
+def normalize_size(size: int | list[int]) -> list[int]:
+    """One number = square; two = H, W."""
+    if isinstance(size, int):
+        size = [size]
+    if len(size) == 1:
+        size = [size[0], size[0]]
+    if len(size) != 2 or min(size) <= 0:
+        raise UserError(f"image_size must be one or two positive numbers (H W), got {size}")
+    return [int(size[0]), int(size[1])]
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+
+def load_config_dict(path: str | Path) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text()) or {}

@@ -1,0 +1,15 @@
+"""Data: unlabeled image folders, mask folders, the procedural demo scenes, samplers."""
+from dreamteacher.data.folder import IMAGE_EXTENSIONS, ImageFolder, list_images, load_rgb, unlabeled_images
+from dreamteacher.data.sampler import ResumableBatchSampler
+from dreamteacher.data.segmentation import MaskFolder, select_labeled
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolder",
+    "MaskFolder",
+    "ResumableBatchSampler",
+    "list_images",
+    "load_rgb",
+    "select_labeled",
+    "unlabeled_images",
+]

@@ -1,0 +1,155 @@
+"""The mask-folder format: images/<id>.<ext>, masks/<id>.png (uint8 ids, 255 = ignore),
+optional splits.json {"train": [...], "val": [...], "test": [...]},
+optional classes.json {"names": [...], "ignore_index": 255}.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dreamteacher.data.folder import IMAGE_EXTENSIONS, load_rgb, to_tensor
+from dreamteacher.errors import UserError
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON (line {e.lineno}); fix its syntax") from None
+
+
+def _load_mask(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as m:
+            if m.mode not in ("L", "P", "I", "I;16"):
+                raise UserError(
+                    f"mask {path} has mode {m.mode}; save masks as single-channel uint8 PNGs "
+                    "holding class ids"
+                )
+            return np.asarray(m, dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read mask {path} ({type(e).__name__}); replace the file") from None
+
+
+class MaskFolder:
+    """Index of a mask-folder dataset: ids per split, class names, ignore index."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        img_dir, mask_dir = self.root / "images", self.root / "masks"
+        if not img_dir.is_dir() or not mask_dir.is_dir():
+            raise UserError(
+                f"{self.root} is not a mask folder: it needs images/ and masks/ subfolders"
+            )
+        self.images = {
+            p.stem: p
+            for p in sorted(img_dir.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        }
+        self.masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        if not self.images:
+            raise UserError(f"{img_dir} has no images; put <id>.jpg/.png files in it")
+        missing = sorted(set(self.images) - set(self.masks))
+        if missing:
+            raise UserError(
+                f"image {self.images[missing[0]]} has no mask {mask_dir / (missing[0] + '.png')}"
+                f" ({len(missing)} images without masks); add the masks or remove the images"
+            )
+        cls_file = self.root / "classes.json"
+        if cls_file.exists():
+            meta = _read_json(cls_file)
+            self.class_names: list[str] = list(meta["names"])
+            self.ignore_index = int(meta.get("ignore_index", 255))
+        else:
+            self.ignore_index = 255
+            ids: set[int] = set()
+            for m in self.masks.values():
+                ids |= set(np.unique(_load_mask(m)).tolist())
+            ids.discard(self.ignore_index)
+            self.class_names = [f"class_{i}" for i in range(max(ids) + 1 if ids else 1)]
+        split_file = self.root / "splits.json"
+        if split_file.exists():
+            self.splits = {k: list(v) for k, v in _read_json(split_file).items()}
+            for name, ids in self.splits.items():
+                unknown = [i for i in ids if i not in self.images]
+                if unknown:
+                    raise UserError(
+                        f"{split_file}: split '{name}' lists '{unknown[0]}' which has no image in "
+                        f"{img_dir}; fix the id or add the image"
+                    )
+        else:  # deterministic 80/20 train/val split by sorted id
+            ids = sorted(self.images)
+            n_val = max(1, len(ids) // 5) if len(ids) > 1 else 0
+            self.splits = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val :]}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def eval_split(self, name: str = "auto") -> str:
+        if name != "auto":
+            if name not in self.splits:
+                raise UserError(f"split '{name}' not in {self.root}; have {list(self.splits)}")
+            return name
+        for s in ("test", "val"):
+            if self.splits.get(s):
+                return s
+        raise UserError(f"{self.root} has no test or val split; add one to splits.json")
+
+    def dataset(self, ids: list[str], image_size: list[int], full_res_masks: bool = False):
+        return SegmentationDataset(self, ids, image_size, full_res_masks)
+
+
+def select_labeled(train_ids: list[str], n: int | None, seed: int) -> list[str]:
+    """N labelled training ids, chosen deterministically from `seed` (sorted for stability)."""
+    ids = sorted(train_ids)
+    if n is None or n >= len(ids):
+        return ids
+    if n <= 0:
+        raise UserError(f"--labels must be positive, got {n}")
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(ids), generator=g)[:n].tolist()
+    return sorted(ids[i] for i in pick)
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(image # 3,H,W in [0,1], mask # H,W int64). Masks are checked against their images
+    (size, class ids) when the dataset is built, so a bad file fails before any training."""
+
+    def __init__(self, folder: MaskFolder, ids: list[str], image_size: list[int], full_res=False):
+        self.folder, self.ids = folder, list(ids)
+        self.size = (int(image_size[0]), int(image_size[1]))
+        self.full_res = full_res
+        n_cls, ign = folder.num_classes, folder.ignore_index
+        for i in self.ids:
+            ip, mp = folder.images[i], folder.masks[i]
+            with Image.open(ip) as im, Image.open(mp) as m:
+                isz, msz = im.size, m.size
+            if isz != msz:
+                raise UserError(
+                    f"mask {mp} is {msz[0]}x{msz[1]} but its image {ip.name} is "
+                    f"{isz[0]}x{isz[1]}; resize the mask (nearest) to the image size"
+                )
+            if (self.folder.root / "classes.json").exists():
+                bad = set(np.unique(_load_mask(mp)).tolist()) - set(range(n_cls)) - {ign}
+                if bad:
+                    raise UserError(
+                        f"mask {mp} holds class id {min(bad)} but classes.json has {n_cls} "
+                        f"classes (0..{n_cls - 1}, ignore {ign}); fix the mask or classes.json"
+                    )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.ids[k]
+        h, w = self.size
+        im = load_rgb(self.folder.images[i]).resize((w, h), Image.BICUBIC)
+        m = Image.fromarray(_load_mask(self.folder.masks[i]).astype(np.uint8))
+        if not self.full_res:
+            m = m.resize((w, h), Image.NEAREST)
+        return to_tensor(im), torch.from_numpy(np.asarray(m, dtype=np.int64).copy())

@@ -1,0 +1,182 @@
+"""What every training loop shares: device, run folder, metrics log, atomic checkpoints with
+resume, RNG state, the warm-up + cosine schedule."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dreamteacher.config import save_config
+from dreamteacher.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise UserError(f"--device {name} is unknown; use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def lr_at(step: int, total: int, warmup: int, base: float, final_frac: float = 0.0) -> float:
+    """Linear warm-up for `warmup` steps, then cosine decay to final_frac * base."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    p = (step - warmup) / max(1, total - warmup)
+    return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def atomic_write(path: str | Path, write_fn) -> None:
+    """write_fn(tmp_path) then fsync and rename over `path`: readers never see a partial file,
+    and a failed write leaves the previous file untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_json(obj: Any, path: str | Path) -> None:
+    def w(tmp: str) -> None:
+        Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
+
+    atomic_write(path, w)
+
+
+class Run:
+    """A run folder: config.yaml, metrics.jsonl, checkpoints/step_*.pt."""
+
+    def __init__(self, out: str | Path, cfg: Any, keep: int = 2, rank: int = 0):
+        if not out:
+            raise UserError("no output folder; pass --out DIR")
+        self.dir = Path(out)
+        self.cfg, self.keep, self.rank = cfg, keep, rank
+        self.ckpt_dir = self.dir / "checkpoints"
+        if self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            existing = self.checkpoints()
+            if existing and not getattr(cfg, "resume", False):
+                raise UserError(
+                    f"{self.dir} already holds checkpoints of a run; pass --resume to continue "
+                    "it, or choose another --out"
+                )
+            save_config(cfg, self.dir / "config.yaml")
+        self.metrics_path = self.dir / "metrics.jsonl"
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*.pt")) if self.ckpt_dir.exists() else []
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        state = dict(state, step=step, rng=rng_state(), config=asdict(self.cfg))
+        atomic_save(state, self.ckpt_dir / f"step_{step:08d}.pt")
+        for old in self.checkpoints()[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+    def load_checkpoint(self, map_location: Any = "cpu") -> dict[str, Any] | None:
+        """The newest readable checkpoint (a corrupt one is skipped with a warning), or None.
+        metrics.jsonl lines logged after it are dropped so the log matches the weights."""
+        for path in reversed(self.checkpoints()):
+            try:
+                state = torch.load(path, map_location=map_location, weights_only=False)
+            except Exception as e:  # noqa: BLE001 - any unreadable file: fall back
+                warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}); "
+                              "falling back to the previous one", stacklevel=2)
+                continue
+            self._truncate_metrics(state["step"])
+            return state
+        return None
+
+    def _truncate_metrics(self, step: int) -> None:
+        if self.rank != 0 or not self.metrics_path.exists():
+            return
+        keep = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        self.metrics_path.write_text("".join(x + "\n" for x in keep))
+
+
+def progress(total: int, initial: int = 0, desc: str = "", disable: bool = False):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True,
+                file=sys.stderr, mininterval=1.0)
+
+
+def track(iterable, desc: str = ""):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
+                mininterval=1.0)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm parameters (1-d tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]

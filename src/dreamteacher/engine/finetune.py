@@ -1,0 +1,142 @@
+"""finetune: semantic segmentation (UPerNet head, all weights trainable) and its evaluation."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dreamteacher.config import FinetuneConfig
+from dreamteacher.data import MaskFolder, ResumableBatchSampler, select_labeled
+from dreamteacher.engine.common import (
+    Run,
+    atomic_json,
+    atomic_save,
+    lr_at,
+    param_groups,
+    progress,
+    track,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+)
+from dreamteacher.engine.teacher import hflip_batch
+from dreamteacher.errors import UserError
+from dreamteacher.eval import confusion_matrix, iou_per_class, mean_iou
+from dreamteacher.export import read_exported
+from dreamteacher.student import Backbone, Segmenter
+
+
+def build_segmenter(backbone: str, weights: str, num_classes: int, ch: int = 256) -> Segmenter:
+    bb = Backbone(backbone)
+    if weights != "scratch":
+        name, sd = read_exported(weights)
+        if name != backbone:
+            raise UserError(f"--weights {weights} holds a {name} but --backbone is {backbone}; "
+                            f"pass --backbone {name}")
+        own = bb.model.state_dict()
+        missing = [k for k in own if k not in sd]
+        if missing:
+            raise UserError(f"{weights}/model.safetensors lacks {missing[0]}; re-export it")
+        bb.model.load_state_dict({k: sd[k] for k in own}, strict=True)
+    return Segmenter(bb, num_classes, ch)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset, num_classes: int, ignore_index: int,
+             device: torch.device, batch_size: int = 8) -> torch.Tensor:
+    """Confusion matrix over the whole split; logits are upsampled to each mask's size."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for x, y in track(loader, "evaluate"):
+        logits = model(x.to(device))  # B, K, h, w
+        logits = F.interpolate(logits, y.shape[-2:], mode="bilinear", align_corners=False)
+        cm += confusion_matrix(logits.argmax(1).cpu(), y, num_classes, ignore_index)
+    return cm
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Train, evaluate on the test split (val if none), write RUN/metrics.json; return it."""
+    device = resolve_device(cfg.device)
+    folder = MaskFolder(cfg.data)
+    if not folder.splits.get("train"):
+        raise UserError(f"{folder.root}/splits.json has no train ids; add a 'train' list")
+    train_ids = select_labeled(folder.splits["train"], cfg.labels, cfg.seed)
+    split = folder.eval_split(cfg.eval_split)
+    train_set = folder.dataset(train_ids, cfg.image_size)
+    eval_set = folder.dataset(folder.splits[split], cfg.image_size, full_res_masks=True)
+    seed_everything(cfg.seed)
+    model = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes,
+                            cfg.head_channels).to(device)
+    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
+    atomic_json({"labels": len(train_ids), "seed": cfg.seed, "ids": train_ids},
+                run.dir / "labeled_ids.json")
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+
+    start = 0
+    if cfg.resume and (state := run.load_checkpoint()) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"resumed {run.dir} at step {start}")
+
+    sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler,
+                                         num_workers=cfg.num_workers)
+    print(f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
+          f"{folder.num_classes} classes, {cfg.steps} steps at "
+          f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}")
+    model.train()
+    bar = progress(cfg.steps, start, "finetune")
+    t0 = time.time()
+    for step, (x, y) in zip(range(start, cfg.steps), loader):
+        x, y = hflip_batch(x.to(device), y.to(device))  # B, 3, H, W and B, H, W
+        loss = F.cross_entropy(model(x), y, ignore_index=folder.ignore_index)
+        lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            run.log({"step": done, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            run.save_checkpoint(done, {"model": model.state_dict(),
+                                       "optimizer": opt.state_dict()})
+    bar.close()
+    train_time = time.time() - t0
+    cm = evaluate(model, eval_set, folder.num_classes, folder.ignore_index, device,
+                  cfg.eval_batch_size)
+    iou = iou_per_class(cm)
+    metrics = {
+        "miou": mean_iou(cm),
+        "per_class_iou": {n: (None if v != v else float(v) * 100)
+                          for n, v in zip(folder.class_names, iou.tolist(), strict=True)},
+        "split": split, "labels": len(train_ids), "seed": cfg.seed,
+        "backbone": cfg.backbone, "weights": cfg.weights, "steps": cfg.steps,
+        "image_size": cfg.image_size, "train_time_s": train_time,
+        "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1) * 100),
+    }
+    atomic_json(metrics, run.dir / "metrics.json")
+    atomic_save(model.state_dict(), run.dir / "model.pt")
+    print(format_metrics(metrics))
+    return metrics
+
+
+def format_metrics(m: dict) -> str:
+    rows = [f"{'class':<16} IoU %"] + [
+        f"{k:<16} {'-' if v is None else f'{v:5.1f}'}" for k, v in m["per_class_iou"].items()
+    ]
+    rows.append(f"{'mIoU':<16} {m['miou']:5.1f}   ({m['split']} split, {m['labels']} labels)")
+    return "\n".join(rows)
+
+
+def load_metrics(run: str | Path) -> dict:
+    return json.loads((Path(run) / "metrics.json").read_text())

@@ -1,0 +1,128 @@
+"""train-teacher: a DDPM on every image of a folder (epsilon prediction, EMA weights)."""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from dreamteacher.config import TeacherConfig
+from dreamteacher.data import ResumableBatchSampler, unlabeled_images
+from dreamteacher.engine.common import (
+    Run,
+    atomic_json,
+    atomic_write,
+    lr_at,
+    progress,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+)
+from dreamteacher.teachers.diffusion import build_scheduler, build_unet, sample_images
+
+
+def hflip_batch(x: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Flip each sample horizontally with p = 0.5 (the same flip for x and `others`)."""
+    flip = torch.rand(x.shape[0]) < 0.5
+    outs = []
+    for t in (x, *others):
+        f = flip.to(t.device).view(-1, *([1] * (t.ndim - 1)))
+        outs.append(torch.where(f, t.flip(-1), t))
+    return tuple(outs)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def train_teacher(cfg: TeacherConfig) -> Path:
+    """Train the DDPM; writes RUN/unet (EMA, diffusers format), RUN/scheduler,
+    RUN/teacher.json, RUN/samples.png. Returns the run folder."""
+    device = resolve_device(cfg.device)
+    data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits)  # fails before any write
+    unet_overrides = {"block_out_channels": cfg.block_out_channels,
+                      "layers_per_block": cfg.layers_per_block,
+                      "attention_levels": cfg.attention_levels}
+    seed_everything(cfg.seed)
+    unet = build_unet(cfg.image_size, cfg.preset, **unet_overrides).to(device)
+    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
+    ema = copy.deepcopy(unet).eval().requires_grad_(False)
+    scheduler = build_scheduler(cfg.num_train_timesteps, cfg.beta_schedule)
+    acp = scheduler.alphas_cumprod.to(device)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start = 0
+    if cfg.resume and (state := run.load_checkpoint()) is not None:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+        print(f"resumed {run.dir} at step {start}")
+
+    sampler = ResumableBatchSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers)
+    n_params = sum(p.numel() for p in unet.parameters())
+    print(f"train-teacher: {len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, "
+          f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps, device {device}")
+    unet.train()
+    bar = progress(cfg.steps, start, "train-teacher")
+    t0 = time.time()
+    for step, x in zip(range(start, cfg.steps), loader):
+        x = hflip_batch(x.to(device, non_blocking=True))[0] * 2 - 1  # B, 3, H, W in [-1, 1]
+        noise = torch.randn_like(x)
+        t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), device=device)
+        ab = acp[t].view(-1, 1, 1, 1)
+        xt = ab.sqrt() * x + (1 - ab).sqrt() * noise
+        loss = F.mse_loss(unet(xt, t).sample, noise)  # epsilon prediction
+        lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr, final_frac=0.1)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        # EMA with warm-up, so short runs are not dominated by the random init
+        ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            run.log({"step": done, "loss": loss.item(), "lr": lr, "grad_norm": gnorm.item(),
+                     "images_seen": done * cfg.batch_size, "time": time.time() - t0})
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            run.save_checkpoint(done, {"model": unet.state_dict(), "ema": ema.state_dict(),
+                                       "optimizer": opt.state_dict()})
+    bar.close()
+    save_teacher(run.dir, ema, scheduler, cfg)
+    grid = sample_images(ema, scheduler, cfg.num_samples, cfg.image_size, cfg.sample_steps,
+                         seed=cfg.seed, device=device)
+    atomic_write(run.dir / "samples.png",
+                 lambda tmp: save_image(grid, tmp, nrow=int(cfg.num_samples**0.5), format="png"))
+    print(f"teacher saved to {run.dir / 'unet'}; samples in {run.dir / 'samples.png'}")
+    return run.dir
+
+
+def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
+    """diffusers format (UNet2DModel.from_pretrained(out / 'unet')), swapped in atomically."""
+    for name, obj in (("unet", unet), ("scheduler", scheduler)):
+        tmp = out / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        obj.save_pretrained(tmp)
+        old = out / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (out / name).exists():
+            (out / name).rename(old)
+        tmp.rename(out / name)
+        shutil.rmtree(old, ignore_errors=True)
+    atomic_json({"type": "diffusion", "image_size": list(cfg.image_size), "preset": cfg.preset,
+                 "steps": cfg.steps, "data": str(cfg.data)}, out / "teacher.json")

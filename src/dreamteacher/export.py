@@ -1,0 +1,70 @@
+"""export: the bare backbone as timm weights (BB/model.safetensors + BB/config.json).
+
+The file holds every key of `timm.create_model(name)`, so `load_state_dict(strict=True)` works.
+The classifier was never trained (pretraining has no labels): its weights are timm's fresh
+initialisation (seed 0) and config.json lists them under `untrained_keys`; replace the head
+for your task (`model.reset_classifier(K)`) or build the model with `num_classes=0` and load
+with strict=False.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+
+from dreamteacher.engine.common import atomic_json, atomic_write
+from dreamteacher.errors import UserError
+
+
+def export(run: str | Path, out: str | Path) -> Path:
+    run, out = Path(run), Path(out)
+    final = run / "final.pt"
+    if not final.exists():
+        raise UserError(f"{final} not found; finish `dreamteacher pretrain --out {run}` first")
+    state = torch.load(final, map_location="cpu", weights_only=False)
+    name = state["backbone"]
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)
+    missing, unexpected = model.load_state_dict(state["backbone_state"], strict=False)
+    clf = model.pretrained_cfg.get("classifier") or "fc"
+    clf = clf if isinstance(clf, str) else clf[0]
+    head_prefix = clf.split(".")[0] + "."  # e.g. fc. (resnet), head. (convnext: norm + fc)
+    bad = [k for k in missing if not k.startswith(head_prefix)]
+    if unexpected or bad:
+        raise UserError(f"{final} does not match timm '{name}' (missing {bad[:3]}, unexpected "
+                        f"{list(unexpected)[:3]}); re-run pretrain with this timm version")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors",
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_json({"architecture": name, "num_classes": model.num_classes,
+                 "num_features": model.num_features,
+                 "untrained_keys": sorted(missing), "method": "dreamteacher",
+                 "feature_strides": state["strides"], "image_size": state["image_size"],
+                 "source_run": str(run.resolve())}, out / "config.json")
+    print(f"exported {name} to {out / 'model.safetensors'}; load with "
+          f"timm.create_model('{name}', pretrained=True, "
+          f"pretrained_cfg_overlay=dict(file='{out / 'model.safetensors'}'))")
+    return out
+
+
+def read_exported(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(timm name, state dict) of an exported backbone folder."""
+    path = Path(path)
+    cfg, weights = path / "config.json", path / "model.safetensors"
+    if not cfg.exists() or not weights.exists():
+        raise UserError(f"{path} is not an exported backbone (needs model.safetensors and "
+                        "config.json); run `dreamteacher export RUN --out DIR` first")
+    return json.loads(cfg.read_text())["architecture"], load_file(str(weights))
+
+
+def load_backbone(path: str | Path, **timm_kwargs) -> torch.nn.Module:
+    """timm model with the exported weights (strict)."""
+    name, sd = read_exported(path)
+    model = timm.create_model(name, pretrained=False)
+    model.load_state_dict(sd, strict=True)
+    if "num_classes" in timm_kwargs:
+        model.reset_classifier(timm_kwargs.pop("num_classes"))
+    return model

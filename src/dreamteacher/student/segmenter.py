@@ -1,0 +1,37 @@
+"""Segmentation model for fine-tuning: backbone + UPerNet head (PPM + FPN, fused)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dreamteacher.student.decoder import UPerDecoder, conv_bn_relu
+
+
+class UPerHead(nn.Module):
+    """UPerNet: decoder, upsample P2..P5 to stride 4, concat, 3x3 conv, 1x1 to class logits."""
+
+    def __init__(self, in_channels: list[int], num_classes: int, ch: int = 256):
+        super().__init__()
+        self.decoder = UPerDecoder(in_channels, ch)
+        self.fuse = conv_bn_relu(ch * len(in_channels), ch, 3)
+        self.dropout = nn.Dropout2d(0.1)
+        self.cls = nn.Conv2d(ch, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        ps = self.decoder(feats)
+        size = ps[0].shape[-2:]
+        ps = [ps[0]] + [F.interpolate(p, size, mode="bilinear", align_corners=False) for p in ps[1:]]
+        return self.cls(self.dropout(self.fuse(torch.cat(ps, 1))))  # B, K, H/4, W/4
+
+
+class Segmenter(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, ch: int = 256):
+        super().__init__()
+        self.backbone = backbone
+        self.head = UPerHead(backbone.channels, num_classes, ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x # B, 3, H, W in [0, 1] -> logits # B, K, H, W."""
+        logits = self.head(self.backbone(x))
+        return F.interpolate(logits, x.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,21 @@
+"""Teachers: generative models read as multi-scale feature extractors (METHOD.md section 1)."""
+from dreamteacher.teachers import diffusion as _diffusion  # noqa: F401  (registers entries)
+from dreamteacher.teachers.base import (
+    Teacher,
+    create_teacher,
+    list_teachers,
+    load_teacher,
+    register_teacher,
+)
+from dreamteacher.teachers.diffusion import PRESETS, DiffusionTeacher, build_unet
+
+__all__ = [
+    "PRESETS",
+    "DiffusionTeacher",
+    "Teacher",
+    "build_unet",
+    "create_teacher",
+    "list_teachers",
+    "load_teacher",
+    "register_teacher",
+]

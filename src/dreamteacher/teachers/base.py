@@ -1,0 +1,82 @@
+"""The teacher protocol and registry.
+
+A teacher maps a batch of images in [0, 1] (# B, 3, H, W) to a list of NCHW feature maps, one
+per level, and exposes `channels` and `strides` (the i-th map is
+# B, channels[i], H / strides[i], W / strides[i]). It is frozen: no gradients, eval mode.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dreamteacher.errors import UserError
+
+
+class Teacher(nn.Module):
+    """Base class: subclasses set `channels`, `strides` and implement `features`."""
+
+    channels: list[int]
+    strides: list[int]
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.features(x)
+
+    def train(self, mode: bool = True) -> Teacher:  # a teacher always stays in eval mode
+        return super().train(False)
+
+
+_REGISTRY: dict[str, Callable[..., Teacher]] = {}
+# loaders: (predicate on a folder, loader(folder, **kw)), tried in order by `load_teacher`
+_LOADERS: list[tuple[Callable[[Path], bool], Callable[..., Teacher]]] = []
+
+
+def register_teacher(name: str):
+    """Decorator: register a builder `fn(**kwargs) -> Teacher` under `name`."""
+
+    def deco(fn: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def register_loader(predicate: Callable[[Path], bool]):
+    def deco(fn: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        _LOADERS.append((predicate, fn))
+        return fn
+
+    return deco
+
+
+def list_teachers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_teacher(name: str, **kwargs: Any) -> Teacher:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown teacher '{name}'; registered: {', '.join(list_teachers())}")
+    return _REGISTRY[name](**kwargs)
+
+
+def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
+    """Load a teacher from a run folder of `train-teacher` or a local diffusers checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(
+            f"teacher {path} is not a folder; pass the --out folder of train-teacher"
+        )
+    for pred, loader in _LOADERS:
+        if pred(path):
+            return loader(path, **kwargs)
+    raise UserError(
+        f"{path} holds no teacher (expected unet/config.json from train-teacher or a diffusers "
+        "UNet2DModel folder); run train-teacher first"
+    )

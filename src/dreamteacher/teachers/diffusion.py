@@ -1,0 +1,261 @@
+"""The diffusion teacher: a diffusers UNet2DModel + DDPMScheduler read by stochastic encoding.
+
+Features (METHOD.md section 1): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with fresh noise,
+one UNet pass at t, and the output of the last layer of each decoder resolution BEFORE its
+upsampler (`up_blocks[i].attentions[-1]` when the block has attention, else
+`up_blocks[i].resnets[-1]`). Up block i of an L-level UNet runs at stride 2^(L-1-i).
+A wanted stride coarser than the UNet's coarsest decoder level is derived by average-pooling
+the coarsest tapped map (recorded in `derived`). The pass stops after the finest tap.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+from dreamteacher.errors import UserError
+from dreamteacher.teachers.base import Teacher, register_loader, register_teacher
+
+# UNet sizes. base follows the paper's in-domain ADM (256 ch base, mult 1,1,2,2,4,4, 2 res
+# blocks, attention at 32/16/8 px for 256 px input) at half width.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"block_out_channels": [32, 64, 64, 128, 128], "layers_per_block": 1,
+             "attention_levels": [4]},
+    "small": {"block_out_channels": [64, 128, 128, 256, 256], "layers_per_block": 2,
+              "attention_levels": [3, 4]},
+    "base": {"block_out_channels": [128, 128, 256, 256, 512, 512], "layers_per_block": 2,
+             "attention_levels": [3, 4, 5]},
+}
+
+
+def unet_kwargs(
+    preset: str = "tiny",
+    block_out_channels: list[int] | None = None,
+    layers_per_block: int | None = None,
+    attention_levels: list[int] | None = None,
+) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise UserError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    p = dict(PRESETS[preset])
+    if block_out_channels is not None:
+        p["block_out_channels"] = list(block_out_channels)
+    if layers_per_block is not None:
+        p["layers_per_block"] = layers_per_block
+    if attention_levels is not None:
+        p["attention_levels"] = list(attention_levels)
+    n = len(p["block_out_channels"])
+    attn = set(p["attention_levels"])
+    if any(a < 0 or a >= n for a in attn):
+        raise UserError(f"attention_levels {sorted(attn)} must lie in 0..{n - 1}")
+    down = tuple("AttnDownBlock2D" if i in attn else "DownBlock2D" for i in range(n))
+    up = tuple("AttnUpBlock2D" if (n - 1 - i) in attn else "UpBlock2D" for i in range(n))
+    groups = 32 if all(c % 32 == 0 for c in p["block_out_channels"]) else 8
+    return {
+        "block_out_channels": tuple(p["block_out_channels"]),
+        "layers_per_block": p["layers_per_block"],
+        "down_block_types": down,
+        "up_block_types": up,
+        "norm_num_groups": groups,
+    }
+
+
+def build_unet(image_size: list[int], preset: str = "tiny", **overrides: Any) -> UNet2DModel:
+    """A fresh UNet2DModel for RGB images of `image_size` (H, W)."""
+    kw = unet_kwargs(preset, **overrides)
+    div = 2 ** (len(kw["block_out_channels"]) - 1)
+    h, w = image_size
+    if h % div or w % div:
+        raise UserError(
+            f"image_size {h}x{w} is not divisible by {div} (the UNet downsamples "
+            f"{len(kw['block_out_channels']) - 1} times); pick a multiple of {div}"
+        )
+    return UNet2DModel(sample_size=(h, w), in_channels=3, out_channels=3, **kw)
+
+
+def build_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linear"):
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type="epsilon",
+    )
+
+
+class _Stop(Exception):
+    pass
+
+
+class DiffusionTeacher(Teacher):
+    """Multi-scale features of a denoising UNet at step(s) t."""
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDPMScheduler,
+        t: list[int] | int = 50,
+        strides: list[int] = (4, 8, 16, 32),
+    ):
+        super().__init__()
+        self.unet = unet.eval().requires_grad_(False)
+        self.scheduler = scheduler
+        self.t = [int(v) for v in ([t] if isinstance(t, int) else t)]
+        T = scheduler.config.num_train_timesteps
+        if any(v < 0 or v >= T for v in self.t):
+            raise UserError(f"t={self.t} must lie in 0..{T - 1}")
+        self.register_buffer(
+            "alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False
+        )
+        boc = list(unet.config.block_out_channels)
+        n = len(boc)
+        self.block_strides = [2 ** (n - 1 - i) for i in range(n)]  # up block i
+        self.block_channels = list(reversed(boc))
+        self.strides = [int(s) for s in strides]
+        self.channels, self.taps, self.derived = [], [], {}
+        coarsest = max(self.block_strides)
+        for s in self.strides:
+            if s in self.block_strides:
+                i = self.block_strides.index(s)
+                self.taps.append(i)
+                self.channels.append(self.block_channels[i])
+            elif s > coarsest:
+                self.derived[s] = coarsest  # avg-pool of the coarsest decoder level
+                self.taps.append(0)
+                self.channels.append(self.block_channels[0])
+            else:
+                raise UserError(
+                    f"the UNet has decoder strides {self.block_strides}, none is {s}; "
+                    "use a UNet with more levels"
+                )
+        self.min_divisor = 2 ** (n - 1)
+        self._hooks = []
+        self._store: dict[int, torch.Tensor] = {}
+        self._last = max(self.taps)  # up blocks run coarse -> fine: stop after the finest tap
+        for i in sorted(set(self.taps)):
+            blk = unet.up_blocks[i]
+            attns = getattr(blk, "attentions", None)
+            layer = attns[-1] if attns is not None and len(attns) else blk.resnets[-1]
+            self._hooks.append(layer.register_forward_hook(self._hook(i)))
+
+    def _hook(self, i: int):
+        def fn(_module, _inp, out):
+            self._store[i] = out[0] if isinstance(out, tuple) else out
+            if i == self._last:
+                raise _Stop
+
+        return fn
+
+    def tap_description(self) -> list[str]:
+        out = []
+        for s, i in zip(self.strides, self.taps, strict=True):
+            blk = self.unet.up_blocks[i]
+            name = "attentions[-1]" if getattr(blk, "attentions", None) else "resnets[-1]"
+            src = f"up_blocks[{i}].{name}"
+            out.append(f"stride {s}: " + (f"avg_pool({src})" if s in self.derived else src))
+        return out
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x # B, 3, H, W in [0, 1] -> list of # B, C_l, H/s_l, W/s_l."""
+        B, _, H, W = x.shape
+        if H % self.min_divisor or W % self.min_divisor:
+            raise UserError(
+                f"input {H}x{W} is not divisible by {self.min_divisor}, the teacher UNet's "
+                "total downsampling; change --image-size"
+            )
+        x0 = x * 2 - 1
+        ts = torch.tensor(self.t, device=x.device)
+        t = ts[torch.randint(len(self.t), (B,), device=x.device)]  # one t per sample
+        ab = self.alphas_cumprod.to(x.device)[t].view(B, 1, 1, 1)
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn_like(x0)  # stochastic encoding
+        self._store = {}
+        try:
+            self.unet(xt, t)
+        except _Stop:
+            pass
+        feats = []
+        for s, i in zip(self.strides, self.taps, strict=True):
+            f = self._store[i]
+            if s in self.derived:
+                k = s // self.derived[s]
+                f = F.avg_pool2d(f, k)
+            feats.append(f.float())
+        self._store = {}
+        return feats
+
+
+@torch.no_grad()
+def sample_images(
+    unet: UNet2DModel,
+    scheduler: DDPMScheduler,
+    n: int,
+    image_size: list[int],
+    steps: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """Draw n images with DDIM (eta=0) using the DDPM's betas. Returns # n, 3, H, W in [0, 1]."""
+    ddim = DDIMScheduler.from_config(scheduler.config)
+    ddim.set_timesteps(steps)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(n, 3, *image_size, generator=g).to(device)
+    for t in ddim.timesteps:
+        eps = unet(x, t.to(device)).sample
+        x = ddim.step(eps, t, x).prev_sample
+    return ((x.clamp(-1, 1) + 1) / 2).cpu()
+
+
+@register_teacher("diffusion")
+def diffusion_teacher(
+    image_size: list[int] = (64, 64),
+    preset: str = "tiny",
+    t: list[int] | int = 50,
+    strides: list[int] = (4, 8, 16, 32),
+    **unet_overrides: Any,
+) -> DiffusionTeacher:
+    """A randomly initialised diffusion teacher (for tests and as the start of train-teacher)."""
+    return DiffusionTeacher(build_unet(list(image_size), preset, **unet_overrides),
+                            build_scheduler(), t=t, strides=strides)
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "unet" / "config.json").exists()
+
+
+def _is_unet(path: Path) -> bool:
+    cfg = path / "config.json"
+    if not cfg.exists():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel"
+    except json.JSONDecodeError:
+        return False
+
+
+@register_loader(lambda p: _is_run(p) or _is_unet(p))
+def load_diffusion_teacher(
+    path: Path, t: list[int] | int = 50, strides: list[int] = (4, 8, 16, 32)
+) -> DiffusionTeacher:
+    """From a train-teacher run (unet/ + scheduler/) or a bare diffusers UNet2DModel folder
+    (then the scheduler is the standard 1000-step linear DDPM)."""
+    unet_dir = path / "unet" if _is_run(path) else path
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise UserError(f"cannot load the UNet in {unet_dir} ({type(e).__name__}): {e}") from None
+    sched_dir = path / "scheduler"
+    scheduler = (
+        DDPMScheduler.from_pretrained(sched_dir)
+        if (sched_dir / "scheduler_config.json").exists()
+        else build_scheduler()
+    )
+    return DiffusionTeacher(unet, scheduler, t=t, strides=strides)
+
+
+def teacher_image_size(path: str | Path) -> list[int] | None:
+    """The resolution a train-teacher run was trained at (from teacher.json), if known."""
+    meta = Path(path) / "teacher.json"
+    if meta.exists():
+        return list(json.loads(meta.read_text())["image_size"])
+    return None
