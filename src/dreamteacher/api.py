@@ -9,6 +9,7 @@
 Each takes the config keys as keyword arguments, plus `config=` (a YAML file) and
 `overrides=` (["key=value", ...]); precedence: defaults < config < kwargs < overrides.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,19 +20,40 @@ from dreamteacher.config import FinetuneConfig, PretrainConfig, TeacherConfig, b
 from dreamteacher.export import export as _export
 
 
-def train_teacher(data: str | None = None, out: str | None = None, *, config: str | None = None,
-                  overrides: list[str] | None = None, **kwargs: Any) -> Path:
+def train_teacher(
+    data: str | None = None,
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> Path:
     """Train a diffusion teacher on every image under `data`; returns the run folder."""
     cfg = build_config(TeacherConfig, config, overrides, data=data, out=out, **kwargs)
     return engine.train_teacher(cfg)
 
 
-def pretrain(data: str | None = None, teacher: str | None = None, out: str | None = None, *,
-             backbone: str | None = None, config: str | None = None,
-             overrides: list[str] | None = None, **kwargs: Any) -> Path:
+def pretrain(
+    data: str | None = None,
+    teacher: str | None = None,
+    out: str | None = None,
+    *,
+    backbone: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> Path:
     """Feature-distil `teacher` into a timm `backbone`; returns the run folder."""
-    cfg = build_config(PretrainConfig, config, overrides, data=data, teacher=teacher, out=out,
-                       backbone=backbone, **kwargs)
+    cfg = build_config(
+        PretrainConfig,
+        config,
+        overrides,
+        data=data,
+        teacher=teacher,
+        out=out,
+        backbone=backbone,
+        **kwargs,
+    )
     return engine.pretrain(cfg)
 
 
@@ -40,12 +62,27 @@ def export(run: str | Path, out: str | Path) -> Path:
     return _export(run, out)
 
 
-def finetune(data: str | None = None, out: str | None = None, *, backbone: str | None = None,
-             weights: str | None = None, config: str | None = None,
-             overrides: list[str] | None = None, **kwargs: Any) -> dict:
+def finetune(
+    data: str | None = None,
+    out: str | None = None,
+    *,
+    backbone: str | None = None,
+    weights: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> dict:
     """Fine-tune for segmentation and evaluate; returns metrics.json's content."""
-    cfg = build_config(FinetuneConfig, config, overrides, data=data, out=out, backbone=backbone,
-                       weights=weights, **kwargs)
+    cfg = build_config(
+        FinetuneConfig,
+        config,
+        overrides,
+        data=data,
+        out=out,
+        backbone=backbone,
+        weights=weights,
+        **kwargs,
+    )
     return engine.finetune(cfg)
 
 

@@ -1,11 +1,12 @@
 """Command line: a thin layer over dreamteacher.api.
 
-    dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
-    dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
-    dreamteacher export RUN2 --out BB
-    dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
-    dreamteacher demo [--out DIR]
+dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
+dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
+dreamteacher export RUN2 --out BB
+dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
+dreamteacher demo [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,20 +20,32 @@ def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         p.add_argument("--data", help="input folder")
     p.add_argument("--out", help="run folder to write")
     p.add_argument("--seed", type=int)
-    p.add_argument("--image-size", type=int, nargs="+", metavar="H W",
-                   help="input size: one number (square) or H W")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        metavar="H W",
+        help="input size: one number (square) or H W",
+    )
     p.add_argument("--batch-size", type=int)
     p.add_argument("--save-every", type=int, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", default=None,
-                   help="continue from the last checkpoint in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        default=None,
+        help="continue from the last checkpoint in --out",
+    )
     p.add_argument("--device", help="cpu, cuda or auto (default)")
     p.add_argument("--config", help="YAML file of config keys")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="dreamteacher", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="dreamteacher",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-teacher", help="train a diffusion teacher on a folder of images")
@@ -61,14 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole pipeline on generated scenes (about 10 min)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--device", default=None)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="demo settings, e.g. teacher_steps=200")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="demo settings, e.g. teacher_steps=200"
+    )
     return ap
 
 
-_FLAG_KEYS = ("data", "out", "seed", "image_size", "batch_size", "save_every", "resume",
-              "device", "preset", "steps", "teacher", "backbone", "epochs", "t", "weights",
-              "labels")
+_FLAG_KEYS = (
+    "data",
+    "out",
+    "seed",
+    "image_size",
+    "batch_size",
+    "save_every",
+    "resume",
+    "device",
+    "preset",
+    "steps",
+    "teacher",
+    "backbone",
+    "epochs",
+    "t",
+    "weights",
+    "labels",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             api.demo(args.out, device=args.device, **parse_overrides(args.overrides))
             return 0
         kw = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
-        fn = {"train-teacher": api.train_teacher, "pretrain": api.pretrain,
-              "finetune": api.finetune}[args.command]
+        fn = {
+            "train-teacher": api.train_teacher,
+            "pretrain": api.pretrain,
+            "finetune": api.finetune,
+        }[args.command]
         fn(config=args.config, overrides=args.overrides, **kw)
         return 0
     except UserError as e:

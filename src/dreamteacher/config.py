@@ -2,6 +2,7 @@
 
 Every run folder gets the resolved config as `config.yaml`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -136,9 +137,8 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-    elif tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+    elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
     tname = getattr(tp, "__name__", str(tp))
     raise UserError(f"config key '{name}' must be {tname}, got {value!r}; fix its value")
 
@@ -186,7 +186,9 @@ def build_config(
         except yaml.YAMLError as e:
             line = getattr(getattr(e, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""
-            raise UserError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+            raise UserError(
+                f"config file {path} is not valid YAML{where}; fix its syntax"
+            ) from None
         if not isinstance(data, dict):
             raise UserError(f"config file {path} must hold a mapping of key: value")
         _apply(cfg, data, str(path))

@@ -4,6 +4,7 @@ Sized to finish in about 10 minutes on 2 CPU cores. Every stage's folder keeps i
 config.yaml and metrics.jsonl; the teacher's sample grid is teacher/samples.png; the summary is
 results.json / results.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,9 @@ DEFAULTS: dict[str, Any] = {
     "num_images": 600,  # 75 % train (unlabeled pool), 25 % test
     "labels": 20,
     "backbone": "resnet18",
-    "teacher_steps": 1200,
+    "teacher_steps": 700,
     "teacher_batch_size": 16,
-    "pretrain_epochs": 6,
+    "pretrain_epochs": 8,
     "finetune_steps": 300,
     "batch_size": 16,
     "seed": 0,
@@ -52,16 +53,32 @@ def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
 
     t = time.time()
     teacher = api.train_teacher(
-        data=str(data), out=str(out / "teacher"), splits=["train"], image_size=s["image_size"],
-        preset="tiny", steps=s["teacher_steps"], batch_size=s["teacher_batch_size"],
-        save_every=max(1, s["teacher_steps"] // 4), warmup_steps=50, **common)
+        data=str(data),
+        out=str(out / "teacher"),
+        splits=["train"],
+        image_size=s["image_size"],
+        preset="tiny",
+        steps=s["teacher_steps"],
+        batch_size=s["teacher_batch_size"],
+        save_every=max(1, s["teacher_steps"] // 4),
+        warmup_steps=50,
+        **common,
+    )
     times["train-teacher"] = time.time() - t
 
     t = time.time()
     pre = api.pretrain(
-        data=str(data), teacher=str(teacher), out=str(out / "pretrain"), splits=["train"],
-        backbone=s["backbone"], epochs=s["pretrain_epochs"], batch_size=s["batch_size"],
-        warmup_epochs=1, save_every=200, **common)
+        data=str(data),
+        teacher=str(teacher),
+        out=str(out / "pretrain"),
+        splits=["train"],
+        backbone=s["backbone"],
+        epochs=s["pretrain_epochs"],
+        batch_size=s["batch_size"],
+        warmup_epochs=1,
+        save_every=200,
+        **common,
+    )
     times["pretrain"] = time.time() - t
 
     t = time.time()
@@ -72,10 +89,18 @@ def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
     for name, weights in (("dreamteacher", str(bb)), ("scratch", "scratch")):
         t = time.time()
         m = api.finetune(
-            data=str(data), out=str(out / f"finetune_{name}"), backbone=s["backbone"],
-            weights=weights, labels=s["labels"], image_size=s["image_size"],
-            steps=s["finetune_steps"], batch_size=s["batch_size"], warmup_steps=20,
-            save_every=s["finetune_steps"], **common)
+            data=str(data),
+            out=str(out / f"finetune_{name}"),
+            backbone=s["backbone"],
+            weights=weights,
+            labels=s["labels"],
+            image_size=s["image_size"],
+            steps=s["finetune_steps"],
+            batch_size=s["batch_size"],
+            warmup_steps=20,
+            save_every=s["finetune_steps"],
+            **common,
+        )
         times[f"finetune-{name}"] = time.time() - t
         results["runs"][name] = {"miou": m["miou"], "per_class_iou": m["per_class_iou"]}
     results["times_s"] = times

@@ -6,6 +6,7 @@ initialisation (seed 0) and config.json lists them under `untrained_keys`; repla
 for your task (`model.reset_classifier(K)`) or build the model with `num_classes=0` and load
 with strict=False.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,19 +35,32 @@ def export(run: str | Path, out: str | Path) -> Path:
     head_prefix = clf.split(".")[0] + "."  # e.g. fc. (resnet), head. (convnext: norm + fc)
     bad = [k for k in missing if not k.startswith(head_prefix)]
     if unexpected or bad:
-        raise UserError(f"{final} does not match timm '{name}' (missing {bad[:3]}, unexpected "
-                        f"{list(unexpected)[:3]}); re-run pretrain with this timm version")
+        raise UserError(
+            f"{final} does not match timm '{name}' (missing {bad[:3]}, unexpected "
+            f"{list(unexpected)[:3]}); re-run pretrain with this timm version"
+        )
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(out / "model.safetensors",
-                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_json({"architecture": name, "num_classes": model.num_classes,
-                 "num_features": model.num_features,
-                 "untrained_keys": sorted(missing), "method": "dreamteacher",
-                 "feature_strides": state["strides"], "image_size": state["image_size"],
-                 "source_run": str(run.resolve())}, out / "config.json")
-    print(f"exported {name} to {out / 'model.safetensors'}; load with "
-          f"timm.create_model('{name}', pretrained=True, "
-          f"pretrained_cfg_overlay=dict(file='{out / 'model.safetensors'}'))")
+    atomic_write(
+        out / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
+    )
+    atomic_json(
+        {
+            "architecture": name,
+            "num_classes": model.num_classes,
+            "num_features": model.num_features,
+            "untrained_keys": sorted(missing),
+            "method": "dreamteacher",
+            "feature_strides": state["strides"],
+            "image_size": state["image_size"],
+            "source_run": str(run.resolve()),
+        },
+        out / "config.json",
+    )
+    print(
+        f"exported {name} to {out / 'model.safetensors'}; load with "
+        f"timm.create_model('{name}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='{out / 'model.safetensors'}'))"
+    )
     return out
 
 
@@ -55,8 +69,10 @@ def read_exported(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
     path = Path(path)
     cfg, weights = path / "config.json", path / "model.safetensors"
     if not cfg.exists() or not weights.exists():
-        raise UserError(f"{path} is not an exported backbone (needs model.safetensors and "
-                        "config.json); run `dreamteacher export RUN --out DIR` first")
+        raise UserError(
+            f"{path} is not an exported backbone (needs model.safetensors and "
+            "config.json); run `dreamteacher export RUN --out DIR` first"
+        )
     return json.loads(cfg.read_text())["architecture"], load_file(str(weights))
 
 

@@ -2,6 +2,7 @@
 
 L_feat = L_mse + lambda_AT * L_AT with lambda_AT = 10, both averaged over the feature levels.
 """
+
 from __future__ import annotations
 
 import torch

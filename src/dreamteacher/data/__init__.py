@@ -1,5 +1,12 @@
 """Data: unlabeled image folders, mask folders, the procedural demo scenes, samplers."""
-from dreamteacher.data.folder import IMAGE_EXTENSIONS, ImageFolder, list_images, load_rgb, unlabeled_images
+
+from dreamteacher.data.folder import (
+    IMAGE_EXTENSIONS,
+    ImageFolder,
+    list_images,
+    load_rgb,
+    unlabeled_images,
+)
 from dreamteacher.data.sampler import ResumableBatchSampler
 from dreamteacher.data.segmentation import MaskFolder, select_labeled
 

@@ -1,4 +1,5 @@
 """A folder of unlabeled images, searched recursively, returned as float tensors in [0, 1]."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 Resuming at global step k continues with exactly the batches an uninterrupted run would see.
 With `world_size > 1` each rank takes every world_size-th index of the same permutation.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -2,6 +2,7 @@
 optional splits.json {"train": [...], "val": [...], "test": [...]},
 optional classes.json {"names": [...], "ignore_index": 255}.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ textured background, with occlusion and lighting changes. Deterministic from a s
 
 Colour is random per object, so a class is told apart by its shape and texture only.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Training loops: train-teacher, pretrain, finetune (each one file, read top to bottom)."""
+
 from dreamteacher.engine.finetune import finetune
 from dreamteacher.engine.pretrain import pretrain
 from dreamteacher.engine.teacher import train_teacher

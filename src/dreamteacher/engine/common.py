@@ -1,5 +1,6 @@
 """What every training loop shares: device, run folder, metrics log, atomic checkpoints with
 resume, RNG state, the warm-up + cosine schedule."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -138,8 +143,11 @@ class Run:
             try:
                 state = torch.load(path, map_location=map_location, weights_only=False)
             except Exception as e:  # noqa: BLE001 - any unreadable file: fall back
-                warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}); "
-                              "falling back to the previous one", stacklevel=2)
+                warnings.warn(
+                    f"checkpoint {path} is unreadable ({type(e).__name__}); "
+                    "falling back to the previous one",
+                    stacklevel=2,
+                )
                 continue
             self._truncate_metrics(state["step"])
             return state
@@ -161,15 +169,23 @@ class Run:
 def progress(total: int, initial: int = 0, desc: str = "", disable: bool = False):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True,
-                file=sys.stderr, mininterval=1.0)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        disable=disable,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=1.0,
+    )
 
 
 def track(iterable, desc: str = ""):
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                mininterval=1.0)
+    return tqdm(
+        iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, mininterval=1.0
+    )
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -178,5 +194,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]

@@ -1,4 +1,5 @@
 """finetune: semantic segmentation (UPerNet head, all weights trainable) and its evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -17,10 +18,10 @@ from dreamteacher.engine.common import (
     lr_at,
     param_groups,
     progress,
-    track,
     resolve_device,
     seed_everything,
     set_rng_state,
+    track,
 )
 from dreamteacher.engine.teacher import hflip_batch
 from dreamteacher.errors import UserError
@@ -34,8 +35,10 @@ def build_segmenter(backbone: str, weights: str, num_classes: int, ch: int = 256
     if weights != "scratch":
         name, sd = read_exported(weights)
         if name != backbone:
-            raise UserError(f"--weights {weights} holds a {name} but --backbone is {backbone}; "
-                            f"pass --backbone {name}")
+            raise UserError(
+                f"--weights {weights} holds a {name} but --backbone is {backbone}; "
+                f"pass --backbone {name}"
+            )
         own = bb.model.state_dict()
         missing = [k for k in own if k not in sd]
         if missing:
@@ -45,8 +48,14 @@ def build_segmenter(backbone: str, weights: str, num_classes: int, ch: int = 256
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, num_classes: int, ignore_index: int,
-             device: torch.device, batch_size: int = 8) -> torch.Tensor:
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """Confusion matrix over the whole split; logits are upsampled to each mask's size."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
@@ -69,11 +78,13 @@ def finetune(cfg: FinetuneConfig) -> dict:
     train_set = folder.dataset(train_ids, cfg.image_size)
     eval_set = folder.dataset(folder.splits[split], cfg.image_size, full_res_masks=True)
     seed_everything(cfg.seed)
-    model = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes,
-                            cfg.head_channels).to(device)
+    model = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes, cfg.head_channels).to(
+        device
+    )
     run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
-    atomic_json({"labels": len(train_ids), "seed": cfg.seed, "ids": train_ids},
-                run.dir / "labeled_ids.json")
+    atomic_json(
+        {"labels": len(train_ids), "seed": cfg.seed, "ids": train_ids}, run.dir / "labeled_ids.json"
+    )
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
 
     start = 0
@@ -85,11 +96,17 @@ def finetune(cfg: FinetuneConfig) -> dict:
         print(f"resumed {run.dir} at step {start}")
 
     sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler,
-                                         num_workers=cfg.num_workers)
-    print(f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
-          f"{folder.num_classes} classes, {cfg.steps} steps at "
-          f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}")
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # keeps the global RNG untouched
+    print(
+        f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
+        f"{folder.num_classes} classes, {cfg.steps} steps at "
+        f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
+    )
     model.train()
     bar = progress(cfg.steps, start, "finetune")
     t0 = time.time()
@@ -108,20 +125,27 @@ def finetune(cfg: FinetuneConfig) -> dict:
         if done % cfg.log_every == 0 or done == cfg.steps:
             run.log({"step": done, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
         if done % cfg.save_every == 0 or done == cfg.steps:
-            run.save_checkpoint(done, {"model": model.state_dict(),
-                                       "optimizer": opt.state_dict()})
+            run.save_checkpoint(done, {"model": model.state_dict(), "optimizer": opt.state_dict()})
     bar.close()
     train_time = time.time() - t0
-    cm = evaluate(model, eval_set, folder.num_classes, folder.ignore_index, device,
-                  cfg.eval_batch_size)
+    cm = evaluate(
+        model, eval_set, folder.num_classes, folder.ignore_index, device, cfg.eval_batch_size
+    )
     iou = iou_per_class(cm)
     metrics = {
         "miou": mean_iou(cm),
-        "per_class_iou": {n: (None if v != v else float(v) * 100)
-                          for n, v in zip(folder.class_names, iou.tolist(), strict=True)},
-        "split": split, "labels": len(train_ids), "seed": cfg.seed,
-        "backbone": cfg.backbone, "weights": cfg.weights, "steps": cfg.steps,
-        "image_size": cfg.image_size, "train_time_s": train_time,
+        "per_class_iou": {
+            n: (None if v != v else float(v) * 100)
+            for n, v in zip(folder.class_names, iou.tolist(), strict=True)
+        },
+        "split": split,
+        "labels": len(train_ids),
+        "seed": cfg.seed,
+        "backbone": cfg.backbone,
+        "weights": cfg.weights,
+        "steps": cfg.steps,
+        "image_size": cfg.image_size,
+        "train_time_s": train_time,
         "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1) * 100),
     }
     atomic_json(metrics, run.dir / "metrics.json")

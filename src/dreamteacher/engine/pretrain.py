@@ -1,4 +1,5 @@
 """pretrain: feature distillation of a frozen teacher into a timm backbone (METHOD.md 1-3, 5)."""
+
 from __future__ import annotations
 
 import time
@@ -39,11 +40,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits)
     seed_everything(cfg.seed)
     backbone = Backbone(cfg.backbone, cfg.strides)
-    student = Student(backbone, FeatureRegressor(backbone.channels, teacher.channels,
-                                                 cfg.regressor_channels)).to(device)
+    student = Student(
+        backbone, FeatureRegressor(backbone.channels, teacher.channels, cfg.regressor_channels)
+    ).to(device)
     run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
-    opt = torch.optim.AdamW(param_groups(student, cfg.weight_decay), lr=cfg.lr,
-                            betas=tuple(cfg.betas))
+    opt = torch.optim.AdamW(
+        param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
+    )
     steps_per_epoch = max(1, len(data) // cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -57,10 +60,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
         print(f"resumed {run.dir} at step {start}")
 
     sampler = ResumableBatchSampler(len(data), cfg.batch_size, cfg.seed, start, total)
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers)
-    print(f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); "
-          f"{len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.epochs} epochs = "
-          f"{total} steps, device {device}")
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # keeps the global RNG untouched
+    print(
+        f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); "
+        f"{len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.epochs} epochs = "
+        f"{total} steps, device {device}"
+    )
     for line in getattr(teacher, "tap_description", lambda: [])():
         print(f"  teacher {line}")
     student.train()
@@ -82,18 +92,34 @@ def pretrain(cfg: PretrainConfig) -> Path:
         bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
         done = step + 1
         if done % cfg.log_every == 0 or done == total:
-            run.log({"step": done, "epoch": done / steps_per_epoch, "lr": lr,
-                     **{k: v.item() for k, v in losses.items()},
-                     "images_seen": done * cfg.batch_size, "time": time.time() - t0})
+            run.log(
+                {
+                    "step": done,
+                    "epoch": done / steps_per_epoch,
+                    "lr": lr,
+                    **{k: v.item() for k, v in losses.items()},
+                    "images_seen": done * cfg.batch_size,
+                    "time": time.time() - t0,
+                }
+            )
         if done % cfg.save_every == 0 or done == total:
-            run.save_checkpoint(done, {"model": student.state_dict(),
-                                       "optimizer": opt.state_dict()})
+            run.save_checkpoint(
+                done, {"model": student.state_dict(), "optimizer": opt.state_dict()}
+            )
     bar.close()
-    atomic_save({"backbone": cfg.backbone, "strides": cfg.strides,
-                 "backbone_state": backbone.state_dict_for_export(),
-                 "regressor_state": student.regressor.state_dict(),
-                 "teacher_channels": teacher.channels, "image_size": cfg.image_size},
-                run.dir / "final.pt")
-    print(f"pretrained backbone in {run.dir / 'final.pt'}; export it with "
-          f"`dreamteacher export {run.dir} --out BB`")
+    atomic_save(
+        {
+            "backbone": cfg.backbone,
+            "strides": cfg.strides,
+            "backbone_state": backbone.state_dict_for_export(),
+            "regressor_state": student.regressor.state_dict(),
+            "teacher_channels": teacher.channels,
+            "image_size": cfg.image_size,
+        },
+        run.dir / "final.pt",
+    )
+    print(
+        f"pretrained backbone in {run.dir / 'final.pt'}; export it with "
+        f"`dreamteacher export {run.dir} --out BB`"
+    )
     return run.dir

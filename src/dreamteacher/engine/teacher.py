@@ -1,8 +1,8 @@
 """train-teacher: a DDPM on every image of a folder (epsilon prediction, EMA weights)."""
+
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import time
 from pathlib import Path
@@ -49,9 +49,11 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     RUN/teacher.json, RUN/samples.png. Returns the run folder."""
     device = resolve_device(cfg.device)
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits)  # fails before any write
-    unet_overrides = {"block_out_channels": cfg.block_out_channels,
-                      "layers_per_block": cfg.layers_per_block,
-                      "attention_levels": cfg.attention_levels}
+    unet_overrides = {
+        "block_out_channels": cfg.block_out_channels,
+        "layers_per_block": cfg.layers_per_block,
+        "attention_levels": cfg.attention_levels,
+    }
     seed_everything(cfg.seed)
     unet = build_unet(cfg.image_size, cfg.preset, **unet_overrides).to(device)
     run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
@@ -70,10 +72,17 @@ def train_teacher(cfg: TeacherConfig) -> Path:
         print(f"resumed {run.dir} at step {start}")
 
     sampler = ResumableBatchSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)
-    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=cfg.num_workers)
+    loader = torch.utils.data.DataLoader(
+        data,
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )  # keeps the global RNG untouched
     n_params = sum(p.numel() for p in unet.parameters())
-    print(f"train-teacher: {len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, "
-          f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps, device {device}")
+    print(
+        f"train-teacher: {len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, "
+        f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps, device {device}"
+    )
     unet.train()
     bar = progress(cfg.steps, start, "train-teacher")
     t0 = time.time()
@@ -97,17 +106,40 @@ def train_teacher(cfg: TeacherConfig) -> Path:
         bar.set_postfix(loss=f"{loss.item():.4f}")
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
-            run.log({"step": done, "loss": loss.item(), "lr": lr, "grad_norm": gnorm.item(),
-                     "images_seen": done * cfg.batch_size, "time": time.time() - t0})
+            run.log(
+                {
+                    "step": done,
+                    "loss": loss.item(),
+                    "lr": lr,
+                    "grad_norm": gnorm.item(),
+                    "images_seen": done * cfg.batch_size,
+                    "time": time.time() - t0,
+                }
+            )
         if done % cfg.save_every == 0 or done == cfg.steps:
-            run.save_checkpoint(done, {"model": unet.state_dict(), "ema": ema.state_dict(),
-                                       "optimizer": opt.state_dict()})
+            run.save_checkpoint(
+                done,
+                {
+                    "model": unet.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                },
+            )
     bar.close()
     save_teacher(run.dir, ema, scheduler, cfg)
-    grid = sample_images(ema, scheduler, cfg.num_samples, cfg.image_size, cfg.sample_steps,
-                         seed=cfg.seed, device=device)
-    atomic_write(run.dir / "samples.png",
-                 lambda tmp: save_image(grid, tmp, nrow=int(cfg.num_samples**0.5), format="png"))
+    grid = sample_images(
+        ema,
+        scheduler,
+        cfg.num_samples,
+        cfg.image_size,
+        cfg.sample_steps,
+        seed=cfg.seed,
+        device=device,
+    )
+    atomic_write(
+        run.dir / "samples.png",
+        lambda tmp: save_image(grid, tmp, nrow=int(cfg.num_samples**0.5), format="png"),
+    )
     print(f"teacher saved to {run.dir / 'unet'}; samples in {run.dir / 'samples.png'}")
     return run.dir
 
@@ -124,5 +156,13 @@ def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
             (out / name).rename(old)
         tmp.rename(out / name)
         shutil.rmtree(old, ignore_errors=True)
-    atomic_json({"type": "diffusion", "image_size": list(cfg.image_size), "preset": cfg.preset,
-                 "steps": cfg.steps, "data": str(cfg.data)}, out / "teacher.json")
+    atomic_json(
+        {
+            "type": "diffusion",
+            "image_size": list(cfg.image_size),
+            "preset": cfg.preset,
+            "steps": cfg.steps,
+            "data": str(cfg.data),
+        },
+        out / "teacher.json",
+    )

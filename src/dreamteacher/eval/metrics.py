@@ -1,11 +1,13 @@
 """Segmentation metrics from a confusion matrix accumulated over a whole split."""
+
 from __future__ import annotations
 
 import torch
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """cm[i, j] = pixels of true class i predicted as j; ignore_index pixels are skipped."""
     keep = target != ignore_index
     t, p = target[keep].long(), pred[keep].long()

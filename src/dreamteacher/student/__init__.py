@@ -1,4 +1,5 @@
 """Student side: timm backbone, UPerNet decoder, feature regressor, segmentation head."""
+
 from dreamteacher.student.backbone import Backbone
 from dreamteacher.student.decoder import PPM, UPerDecoder
 from dreamteacher.student.regressor import FeatureRegressor, Student

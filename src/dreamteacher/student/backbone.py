@@ -1,4 +1,5 @@
 """The student: any timm CNN with feature maps at strides 4, 8, 16, 32 (C2..C5)."""
+
 from __future__ import annotations
 
 import timm
@@ -43,10 +44,16 @@ class Backbone(nn.Module):
         model.prune_intermediate_layers(self.indices, prune_head=True)
         self.model = model
         cfg = model.pretrained_cfg
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(
-            1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(
-            1, 3, 1, 1), persistent=False)
+        self.register_buffer(
+            "mean",
+            torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1),
+            persistent=False,
+        )
+        self.register_buffer(
+            "std",
+            torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1),
+            persistent=False,
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x # B, 3, H, W in [0, 1] -> [C2 # B, c2, H/4, W/4, ..., C5 # B, c5, H/32, W/32]."""

@@ -1,5 +1,6 @@
 """The UPerNet decoder (PPM on C5 + FPN top-down over C2..C5), shared by the feature regressor
 (METHOD.md section 2) and the segmentation head."""
+
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,6 @@
 """Feature regressor: UPerNet decoder + one 1x1 conv per level to the teacher's channels.
 Thrown away after pretraining (METHOD.md section 2)."""
+
 from __future__ import annotations
 
 import torch

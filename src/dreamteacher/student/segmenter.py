@@ -1,4 +1,5 @@
 """Segmentation model for fine-tuning: backbone + UPerNet head (PPM + FPN, fused)."""
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ class UPerHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         ps = self.decoder(feats)
         size = ps[0].shape[-2:]
-        ps = [ps[0]] + [F.interpolate(p, size, mode="bilinear", align_corners=False) for p in ps[1:]]
+        ps = [ps[0]] + [
+            F.interpolate(p, size, mode="bilinear", align_corners=False) for p in ps[1:]
+        ]
         return self.cls(self.dropout(self.fuse(torch.cat(ps, 1))))  # B, K, H/4, W/4
 
 

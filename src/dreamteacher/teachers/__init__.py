@@ -1,4 +1,5 @@
 """Teachers: generative models read as multi-scale feature extractors (METHOD.md section 1)."""
+
 from dreamteacher.teachers import diffusion as _diffusion  # noqa: F401  (registers entries)
 from dreamteacher.teachers.base import (
     Teacher,

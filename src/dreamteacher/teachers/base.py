@@ -4,6 +4,7 @@ A teacher maps a batch of images in [0, 1] (# B, 3, H, W) to a list of NCHW feat
 per level, and exposes `channels` and `strides` (the i-th map is
 # B, channels[i], H / strides[i], W / strides[i]). It is frozen: no gradients, eval mode.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -70,9 +71,7 @@ def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
     """Load a teacher from a run folder of `train-teacher` or a local diffusers checkpoint."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(
-            f"teacher {path} is not a folder; pass the --out folder of train-teacher"
-        )
+        raise UserError(f"teacher {path} is not a folder; pass the --out folder of train-teacher")
     for pred, loader in _LOADERS:
         if pred(path):
             return loader(path, **kwargs)

@@ -7,6 +7,7 @@ upsampler (`up_blocks[i].attentions[-1]` when the block has attention, else
 A wanted stride coarser than the UNet's coarsest decoder level is derived by average-pooling
 the coarsest tapped map (recorded in `derived`). The pass stops after the finest tap.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,21 @@ from dreamteacher.teachers.base import Teacher, register_loader, register_teache
 # UNet sizes. base follows the paper's in-domain ADM (256 ch base, mult 1,1,2,2,4,4, 2 res
 # blocks, attention at 32/16/8 px for 256 px input) at half width.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"block_out_channels": [32, 64, 64, 128, 128], "layers_per_block": 1,
-             "attention_levels": [4]},
-    "small": {"block_out_channels": [64, 128, 128, 256, 256], "layers_per_block": 2,
-              "attention_levels": [3, 4]},
-    "base": {"block_out_channels": [128, 128, 256, 256, 512, 512], "layers_per_block": 2,
-             "attention_levels": [3, 4, 5]},
+    "tiny": {
+        "block_out_channels": [32, 64, 64, 128, 128],
+        "layers_per_block": 1,
+        "attention_levels": [4],
+    },
+    "small": {
+        "block_out_channels": [64, 128, 128, 256, 256],
+        "layers_per_block": 2,
+        "attention_levels": [3, 4],
+    },
+    "base": {
+        "block_out_channels": [128, 128, 256, 256, 512, 512],
+        "layers_per_block": 2,
+        "attention_levels": [3, 4, 5],
+    },
 }
 
 
@@ -215,8 +225,12 @@ def diffusion_teacher(
     **unet_overrides: Any,
 ) -> DiffusionTeacher:
     """A randomly initialised diffusion teacher (for tests and as the start of train-teacher)."""
-    return DiffusionTeacher(build_unet(list(image_size), preset, **unet_overrides),
-                            build_scheduler(), t=t, strides=strides)
+    return DiffusionTeacher(
+        build_unet(list(image_size), preset, **unet_overrides),
+        build_scheduler(),
+        t=t,
+        strides=strides,
+    )
 
 
 def _is_run(path: Path) -> bool:
@@ -241,8 +255,8 @@ def load_diffusion_teacher(
     (then the scheduler is the standard 1000-step linear DDPM)."""
     unet_dir = path / "unet" if _is_run(path) else path
     try:
-        unet = UNet2DModel.from_pretrained(unet_dir)
-    except (OSError, ValueError, EnvironmentError) as e:
+        unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
+    except (OSError, ValueError) as e:
         raise UserError(f"cannot load the UNet in {unet_dir} ({type(e).__name__}): {e}") from None
     sched_dir = path / "scheduler"
     scheduler = (

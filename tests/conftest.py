@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny generated mask folder, and a tiny teacher + pretrain run made once
+per session with the real code paths (train-teacher and pretrain at 32 px)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dreamteacher as dt
+from dreamteacher.data.synthetic import make_scenes
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def scenes(tmp_path_factory):
+    """24 scenes, 32x32: 16 train, 8 test."""
+    return make_scenes(
+        tmp_path_factory.mktemp("scenes"),
+        n=24,
+        image_size=(32, 32),
+        seed=1,
+        splits={"train": 2 / 3, "test": 1 / 3},
+    )
+
+
+@pytest.fixture(scope="session")
+def teacher_run(scenes, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    return dt.train_teacher(
+        data=str(scenes),
+        out=str(out),
+        splits=["train"],
+        image_size=[32],
+        preset="tiny",
+        steps=4,
+        batch_size=4,
+        save_every=2,
+        warmup_steps=1,
+        num_samples=4,
+        sample_steps=2,
+        log_every=1,
+        device="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(scenes, teacher_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pretrain"
+    return dt.pretrain(
+        data=str(scenes),
+        teacher=str(teacher_run),
+        out=str(out),
+        splits=["train"],
+        backbone="resnet18",
+        epochs=1,
+        batch_size=4,
+        warmup_epochs=0,
+        log_every=1,
+        device="cpu",
+    )

@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamteacher.data import ImageFolder, MaskFolder, ResumableBatchSampler, select_labeled
+from dreamteacher.data.synthetic import CLASSES, make_scenes
+from dreamteacher.errors import UserError
+
+
+def test_image_folder_recursive_and_converts_modes(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    Image.fromarray(np.full((10, 12), 200, np.uint8)).save(tmp_path / "a" / "gray.png")
+    Image.fromarray(np.zeros((10, 12, 4), np.uint8)).save(tmp_path / "a" / "b" / "rgba.webp")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "c.bmp")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "d.tif")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(tmp_path / "e.JPG", format="JPEG")
+    (tmp_path / "readme.txt").write_text("x")
+    ds = ImageFolder(tmp_path, [16, 24])
+    assert len(ds) == 5
+    for i in range(len(ds)):
+        x = ds[i]
+        assert x.shape == (3, 16, 24) and x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1
+    gray = ds[[p.name for p in ds.files].index("gray.png")]
+    assert torch.allclose(gray[:, 5, 5], torch.full((3,), 200 / 255), atol=1e-2)
+
+
+def test_synthetic_scenes_are_deterministic(tmp_path):
+    a = make_scenes(tmp_path / "a", n=6, image_size=(32, 32), seed=4)
+    b = make_scenes(tmp_path / "b", n=6, image_size=(32, 32), seed=4)
+    c = make_scenes(tmp_path / "c", n=6, image_size=(32, 32), seed=5)
+    img = lambda d: np.asarray(Image.open(d / "images" / "scene_00002.png"))  # noqa: E731
+    assert np.array_equal(img(a), img(b)) and not np.array_equal(img(a), img(c))
+    masks = np.stack([np.asarray(Image.open(p)) for p in sorted((a / "masks").glob("*.png"))])
+    assert masks.max() < len(CLASSES) and len(np.unique(masks)) >= 3
+    splits = json.loads((a / "splits.json").read_text())
+    assert not set(splits["train"]) & set(splits["test"])
+
+
+def test_mask_folder_defaults_without_json(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(5):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+        m = np.full((8, 8), 255, np.uint8)
+        m[:4] = i % 3
+        Image.fromarray(m).save(tmp_path / "masks" / f"{i}.png")
+    f = MaskFolder(tmp_path)
+    assert f.num_classes == 3 and f.ignore_index == 255  # ids 0..2 inferred, 255 ignored
+    assert f.splits == {"train": ["0", "1", "2", "3"], "val": ["4"]}
+    assert f.eval_split() == "val"
+
+
+def test_image_without_mask(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "lonely.png")
+    with pytest.raises(UserError, match="lonely.png has no mask"):
+        MaskFolder(tmp_path)
+
+
+def test_unknown_class_id(tmp_path):
+    d = make_scenes(tmp_path, n=3, image_size=(16, 16), seed=0)
+    Image.fromarray(np.full((16, 16), 9, np.uint8)).save(d / "masks" / "scene_00001.png")
+    f = MaskFolder(d)
+    with pytest.raises(UserError, match="scene_00001.png holds class id 9"):
+        f.dataset(["scene_00000", "scene_00001"], [16, 16])
+
+
+def test_select_labeled_deterministic_subset():
+    ids = [f"x{i}" for i in range(50)]
+    a, b = select_labeled(ids, 10, seed=1), select_labeled(ids, 10, seed=1)
+    c = select_labeled(ids, 10, seed=2)
+    assert a == b and a != c and len(set(a)) == 10 and set(a) <= set(ids)
+    assert select_labeled(ids, None, 0) == sorted(ids)
+
+
+def test_sampler_resume_continues_the_same_order():
+    full = list(ResumableBatchSampler(10, 3, seed=7, total_steps=9))
+    tail = list(ResumableBatchSampler(10, 3, seed=7, start_step=4, total_steps=9))
+    assert tail == full[4:]
+    epoch0 = [i for b in full[:3] for i in b]  # 3 steps/epoch, drop_last
+    assert len(set(epoch0)) == 9
+    assert full[:3] != full[3:6]  # a new permutation each epoch
+    ranks = [
+        list(ResumableBatchSampler(10, 2, seed=7, total_steps=2, rank=r, world_size=2))
+        for r in (0, 1)
+    ]
+    assert sorted(ranks[0][0] + ranks[1][0]) == sorted(
+        list(ResumableBatchSampler(10, 4, seed=7, total_steps=1))[0]
+    )

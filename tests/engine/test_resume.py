@@ -1,0 +1,41 @@
+"""--resume continues from the last checkpoint and ends with the same weights as an
+uninterrupted run (CPU, same seed)."""
+
+import torch
+
+import dreamteacher as dt
+
+
+def _final_weights(run):
+    return torch.load(run / "final.pt", weights_only=False)["backbone_state"]
+
+
+def test_pretrain_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
+    kw = dict(
+        data=str(scenes),
+        teacher=str(teacher_run),
+        splits=["train"],
+        backbone="resnet18",
+        epochs=2,
+        batch_size=4,
+        warmup_epochs=1,
+        device="cpu",
+        log_every=1,
+    )
+    a = dt.pretrain(out=str(tmp_path / "a"), save_every=100, **kw)
+    b = dt.pretrain(out=str(tmp_path / "b"), save_every=3, keep_checkpoints=5, **kw)
+    # simulate a crash after step 6: drop later checkpoints and the final weights
+    ckpts = sorted((b / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in ckpts] == ["step_00000003.pt", "step_00000006.pt", "step_00000008.pt"]
+    ckpts[-1].unlink()
+    ckpts[-2].write_bytes(b"truncated")  # a corrupt latest checkpoint falls back to step 3
+    (b / "final.pt").unlink()
+    dt.pretrain(out=str(b), save_every=3, keep_checkpoints=5, resume=True, **kw)
+    wa, wb = _final_weights(a), _final_weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    steps = [
+        int(x.split('"step": ')[1].split(",")[0])
+        for x in (b / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == list(range(1, 9))  # the log was rewound to the checkpoint, no duplicates

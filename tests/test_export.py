@@ -1,0 +1,80 @@
+"""Export round trip: strict load into timm.create_model(name), identical features."""
+
+import json
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import dreamteacher as dt
+from dreamteacher.errors import UserError
+from dreamteacher.student import Backbone
+
+
+def test_export_strict_roundtrip(pretrain_run, tmp_path):
+    bb_dir = dt.export(pretrain_run, tmp_path / "bb")
+    cfg = json.loads((bb_dir / "config.json").read_text())
+    assert cfg["architecture"] == "resnet18"
+    assert set(cfg["untrained_keys"]) == {"fc.weight", "fc.bias"}
+    sd = load_file(str(bb_dir / "model.safetensors"))
+    assert not any(k.startswith(("module.", "backbone.", "model.")) for k in sd)
+
+    model = timm.create_model("resnet18")
+    model.load_state_dict(sd, strict=True)  # raises on any missing/unexpected key
+    model.eval()
+
+    final = torch.load(pretrain_run / "final.pt", weights_only=False)
+    student = Backbone("resnet18")
+    student.model.load_state_dict(final["backbone_state"], strict=True)
+    student.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = student(x)
+        theirs = model.forward_intermediates(
+            (x - student.mean) / student.std, indices=[1, 2, 3, 4], intermediates_only=True
+        )
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    # and the weights really are the pretrained ones, not a fresh init
+    fresh = timm.create_model("resnet18").state_dict()
+    assert not torch.equal(fresh["layer1.0.conv1.weight"], sd["layer1.0.conv1.weight"])
+
+    # the same file through timm's own loader and through our helper
+    via_timm = timm.create_model(
+        "resnet18",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(bb_dir / "model.safetensors")},
+    )
+    assert torch.equal(via_timm.state_dict()["conv1.weight"], sd["conv1.weight"])
+    helper = dt.load_backbone(bb_dir, num_classes=0)
+    assert helper.num_classes == 0 and torch.equal(helper.conv1.weight, sd["conv1.weight"])
+
+
+def test_export_convnext_keys(tmp_path):
+    """convnext's head (norm + fc) is pruned in training and restored at export."""
+    bb = Backbone("convnext_tiny")
+    torch.save(
+        {
+            "backbone": "convnext_tiny",
+            "strides": [4, 8, 16, 32],
+            "image_size": [64, 64],
+            "backbone_state": bb.state_dict_for_export(),
+        },
+        tmp_path / "final.pt",
+    )
+    out = dt.export(tmp_path, tmp_path / "bb")
+    sd = load_file(str(out / "model.safetensors"))
+    timm.create_model("convnext_tiny").load_state_dict(sd, strict=True)
+    cfg = json.loads((out / "config.json").read_text())
+    assert set(cfg["untrained_keys"]) == {
+        "head.norm.weight",
+        "head.norm.bias",
+        "head.fc.weight",
+        "head.fc.bias",
+    }
+
+
+def test_export_without_pretrain(tmp_path):
+    with pytest.raises(UserError, match="final.pt not found"):
+        dt.export(tmp_path, tmp_path / "bb")
