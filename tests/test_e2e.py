@@ -101,7 +101,9 @@ def test_cli_end_to_end(tmp_path):
         assert lines and key in lines[-1]
     pre_cfg = yaml.safe_load((runs / "pretrain" / "config.yaml").read_text())
     assert pre_cfg["t"] == [50, 100] and pre_cfg["image_size"] == [32, 32]
-    pre_log = [json.loads(x) for x in (runs / "pretrain" / "metrics.jsonl").read_text().split()]
+    pre_log = [
+        json.loads(x) for x in (runs / "pretrain" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert {"mse", "at", "mse_l0", "at_l0", "loss"} <= set(pre_log[0])
     # finetune result
     m = json.loads((runs / "ft" / "metrics.json").read_text())

@@ -12,8 +12,11 @@ from dreamteacher.cli import main
 
 def run_cli(args, capsys):
     code = main(args)
-    err = capsys.readouterr().err.strip().splitlines()
-    err = [e for e in err if e.strip()]
+    lines = capsys.readouterr().err.splitlines()
+    assert not any("Traceback" in x for x in lines)
+    # progress bars may have started; the error itself is exactly one line
+    err = [x for x in lines if "error:" in x]
+    assert all(x.startswith("dreamteacher ") for x in err), err
     return code, err
 
 

@@ -22,7 +22,6 @@ def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument(
         "--image-size",
-        type=int,
         nargs="+",
         metavar="H W",
         help="input size: one number (square) or H W",
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="train-teacher run folder or a diffusers UNet folder")
     p.add_argument("--backbone", help="timm model name, e.g. resnet50")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--t", type=int, nargs="+", help="diffusion step(s) of the encoding")
+    p.add_argument("--t", nargs="+", help="diffusion step(s) of the encoding")
 
     p = sub.add_parser("export", help="write the pretrained backbone as timm weights")
     p.add_argument("run", help="pretrain run folder")
@@ -100,12 +99,29 @@ _FLAG_KEYS = (
 )
 
 
+def _split_numbers(args: argparse.Namespace, key: str) -> None:
+    """`--image-size 64 80 lr=1e-3`: argparse gives the option every token; the leading
+    integers are the option's, the rest are key=value overrides."""
+    tokens = getattr(args, key, None)
+    if tokens is None:
+        return
+    k = 0
+    while k < len(tokens) and tokens[k].lstrip("-").isdigit():
+        k += 1
+    if k == 0:
+        raise UserError(f"--{key.replace('_', '-')} needs integers, got {tokens[0]!r}")
+    setattr(args, key, [int(v) for v in tokens[:k]])
+    args.overrides = tokens[k:] + list(args.overrides or [])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from dreamteacher import api  # imported late: `--help` stays fast
     from dreamteacher.config import parse_overrides
 
     try:
+        _split_numbers(args, "image_size")
+        _split_numbers(args, "t")
         if args.command == "export":
             api.export(args.run, args.out)
             return 0

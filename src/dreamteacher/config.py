@@ -137,6 +137,11 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     tname = getattr(tp, "__name__", str(tp))
@@ -163,9 +168,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise UserError(f"override '{item}' is not key=value (e.g. lr=1e-3)")
         key, raw = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            out[key.strip()] = raw
+            value = raw
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        out[key.strip()] = value
     return out
 
 

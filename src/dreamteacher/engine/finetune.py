@@ -108,25 +108,26 @@ def finetune(cfg: FinetuneConfig) -> dict:
         f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
     )
     model.train()
-    bar = progress(cfg.steps, start, "finetune")
-    t0 = time.time()
-    for step, (x, y) in zip(range(start, cfg.steps), loader):
-        x, y = hflip_batch(x.to(device), y.to(device))  # B, 3, H, W and B, H, W
-        loss = F.cross_entropy(model(x), y, ignore_index=folder.ignore_index)
-        lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            run.log({"step": done, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            run.save_checkpoint(done, {"model": model.state_dict(), "optimizer": opt.state_dict()})
-    bar.close()
+    with progress(cfg.steps, start, "finetune") as bar:  # closed (newline) even when a step raises
+        t0 = time.time()
+        for step, (x, y) in zip(range(start, cfg.steps), loader):
+            x, y = hflip_batch(x.to(device), y.to(device))  # B, 3, H, W and B, H, W
+            loss = F.cross_entropy(model(x), y, ignore_index=folder.ignore_index)
+            lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                run.log({"step": done, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                run.save_checkpoint(
+                    done, {"model": model.state_dict(), "optimizer": opt.state_dict()}
+                )
     train_time = time.time() - t0
     cm = evaluate(
         model, eval_set, folder.num_classes, folder.ignore_index, device, cfg.eval_batch_size

@@ -74,39 +74,38 @@ def pretrain(cfg: PretrainConfig) -> Path:
     for line in getattr(teacher, "tap_description", lambda: [])():
         print(f"  teacher {line}")
     student.train()
-    bar = progress(total, start, "pretrain")
-    t0 = time.time()
-    for step, x in zip(range(start, total), loader):
-        x = hflip_batch(x.to(device, non_blocking=True))[0]  # B, 3, H, W; flip is the only aug
-        # frozen teacher under inference mode; clone() turns its outputs into normal tensors
-        targets = [f.clone() for f in teacher(x)]
-        preds = student(x)
-        losses = feature_distillation_loss(preds, targets, cfg.lambda_at)
-        lr = lr_at(step, total, warmup, cfg.lr)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
-        done = step + 1
-        if done % cfg.log_every == 0 or done == total:
-            run.log(
-                {
-                    "step": done,
-                    "epoch": done / steps_per_epoch,
-                    "lr": lr,
-                    **{k: v.item() for k, v in losses.items()},
-                    "images_seen": done * cfg.batch_size,
-                    "time": time.time() - t0,
-                }
-            )
-        if done % cfg.save_every == 0 or done == total:
-            run.save_checkpoint(
-                done, {"model": student.state_dict(), "optimizer": opt.state_dict()}
-            )
-    bar.close()
+    with progress(total, start, "pretrain") as bar:  # closed (newline) even when a step raises
+        t0 = time.time()
+        for step, x in zip(range(start, total), loader):
+            x = hflip_batch(x.to(device, non_blocking=True))[0]  # B, 3, H, W; flip is the only aug
+            # frozen teacher under inference mode; clone() turns its outputs into normal tensors
+            targets = [f.clone() for f in teacher(x)]
+            preds = student(x)
+            losses = feature_distillation_loss(preds, targets, cfg.lambda_at)
+            lr = lr_at(step, total, warmup, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+            done = step + 1
+            if done % cfg.log_every == 0 or done == total:
+                run.log(
+                    {
+                        "step": done,
+                        "epoch": done / steps_per_epoch,
+                        "lr": lr,
+                        **{k: v.item() for k, v in losses.items()},
+                        "images_seen": done * cfg.batch_size,
+                        "time": time.time() - t0,
+                    }
+                )
+            if done % cfg.save_every == 0 or done == total:
+                run.save_checkpoint(
+                    done, {"model": student.state_dict(), "optimizer": opt.state_dict()}
+                )
     atomic_save(
         {
             "backbone": cfg.backbone,

@@ -84,48 +84,49 @@ def train_teacher(cfg: TeacherConfig) -> Path:
         f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps, device {device}"
     )
     unet.train()
-    bar = progress(cfg.steps, start, "train-teacher")
-    t0 = time.time()
-    for step, x in zip(range(start, cfg.steps), loader):
-        x = hflip_batch(x.to(device, non_blocking=True))[0] * 2 - 1  # B, 3, H, W in [-1, 1]
-        noise = torch.randn_like(x)
-        t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), device=device)
-        ab = acp[t].view(-1, 1, 1, 1)
-        xt = ab.sqrt() * x + (1 - ab).sqrt() * noise
-        loss = F.mse_loss(unet(xt, t).sample, noise)  # epsilon prediction
-        lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr, final_frac=0.1)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        # EMA with warm-up, so short runs are not dominated by the random init
-        ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            run.log(
-                {
-                    "step": done,
-                    "loss": loss.item(),
-                    "lr": lr,
-                    "grad_norm": gnorm.item(),
-                    "images_seen": done * cfg.batch_size,
-                    "time": time.time() - t0,
-                }
-            )
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            run.save_checkpoint(
-                done,
-                {
-                    "model": unet.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": opt.state_dict(),
-                },
-            )
-    bar.close()
+    with progress(
+        cfg.steps, start, "train-teacher"
+    ) as bar:  # closed (newline) even when a step raises
+        t0 = time.time()
+        for step, x in zip(range(start, cfg.steps), loader):
+            x = hflip_batch(x.to(device, non_blocking=True))[0] * 2 - 1  # B, 3, H, W in [-1, 1]
+            noise = torch.randn_like(x)
+            t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), device=device)
+            ab = acp[t].view(-1, 1, 1, 1)
+            xt = ab.sqrt() * x + (1 - ab).sqrt() * noise
+            loss = F.mse_loss(unet(xt, t).sample, noise)  # epsilon prediction
+            lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr, final_frac=0.1)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            # EMA with warm-up, so short runs are not dominated by the random init
+            ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                run.log(
+                    {
+                        "step": done,
+                        "loss": loss.item(),
+                        "lr": lr,
+                        "grad_norm": gnorm.item(),
+                        "images_seen": done * cfg.batch_size,
+                        "time": time.time() - t0,
+                    }
+                )
+            if done % cfg.save_every == 0 or done == cfg.steps:
+                run.save_checkpoint(
+                    done,
+                    {
+                        "model": unet.state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": opt.state_dict(),
+                    },
+                )
     save_teacher(run.dir, ema, scheduler, cfg)
     grid = sample_images(
         ema,
