@@ -39,3 +39,35 @@ def test_pretrain_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
         for x in (b / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == list(range(1, 9))  # the log was rewound to the checkpoint, no duplicates
+
+
+def test_train_teacher_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
+    """The fixture run went 4 steps with checkpoints at 2 and 4; a copy cut back to step 2 and
+    resumed must end with the same EMA teacher weights."""
+    import shutil
+
+    from diffusers import UNet2DModel
+
+    b = tmp_path / "b"
+    shutil.copytree(teacher_run, b)
+    (b / "checkpoints" / "step_00000004.pt").unlink()
+    shutil.rmtree(b / "unet")
+    dt.train_teacher(
+        data=str(scenes),
+        out=str(b),
+        splits=["train"],
+        image_size=[32],
+        preset="tiny",
+        steps=4,
+        batch_size=4,
+        save_every=2,
+        warmup_steps=1,
+        num_samples=4,
+        sample_steps=2,
+        log_every=1,
+        device="cpu",
+        resume=True,
+    )
+    wa = UNet2DModel.from_pretrained(teacher_run / "unet").state_dict()
+    wb = UNet2DModel.from_pretrained(b / "unet").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

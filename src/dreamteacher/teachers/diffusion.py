@@ -210,7 +210,9 @@ def sample_images(
     ddim.set_timesteps(steps)
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, 3, *image_size, generator=g).to(device)
-    for t in ddim.timesteps:
+    from dreamteacher.engine.common import track
+
+    for t in track(ddim.timesteps, "sample"):
         eps = unet(x, t.to(device)).sample
         x = ddim.step(eps, t, x).prev_sample
     return ((x.clamp(-1, 1) + 1) / 2).cpu()

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+import torch
+
+import dreamteacher as dt
+from dreamteacher.engine.finetune import build_segmenter
+from dreamteacher.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def exported(pretrain_run, tmp_path_factory):
+    return dt.export(pretrain_run, tmp_path_factory.mktemp("bb") / "bb")
+
+
+def test_weights_are_loaded_into_the_segmenter(exported, pretrain_run):
+    seg = build_segmenter("resnet18", str(exported), num_classes=5, ch=32)
+    final = torch.load(pretrain_run / "final.pt", weights_only=False)["backbone_state"]
+    got = seg.backbone.model.state_dict()
+    assert all(torch.equal(got[k], final[k]) for k in got)
+    scratch = build_segmenter("resnet18", "scratch", num_classes=5, ch=32)
+    assert not torch.equal(scratch.backbone.model.conv1.weight, got["conv1.weight"])
+
+
+def test_backbone_mismatch_is_a_clear_error(exported):
+    with pytest.raises(UserError, match="holds a resnet18 but --backbone is resnet50"):
+        build_segmenter("resnet50", str(exported), num_classes=5)
+
+
+def test_finetune_metrics_and_label_subset(scenes, tmp_path):
+    m = dt.finetune(
+        data=str(scenes),
+        out=str(tmp_path / "ft"),
+        backbone="resnet18",
+        weights="scratch",
+        labels=3,
+        seed=4,
+        image_size=[32],
+        steps=2,
+        batch_size=2,
+        head_channels=32,
+        device="cpu",
+    )
+    saved = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert saved == m and m["labels"] == 3 and m["split"] == "test"
+    ious = [v for v in m["per_class_iou"].values() if v is not None]
+    assert m["miou"] == pytest.approx(sum(ious) / len(ious))
+    ids = json.loads((tmp_path / "ft" / "labeled_ids.json").read_text())["ids"]
+    test_ids = json.loads((scenes / "splits.json").read_text())["test"]
+    assert len(ids) == 3 and not set(ids) & set(test_ids)
