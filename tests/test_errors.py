@@ -95,6 +95,7 @@ def test_corrupt_image_names_the_file(tmp_path, capsys):
     code, err = run_cli(
         [
             "train-teacher",
+            "--strict",
             "--data",
             str(d),
             "--out",

@@ -35,6 +35,12 @@ def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         help="continue from the last checkpoint in --out",
     )
     p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        default=None,
+        help="fail on an unreadable or unmatched input file instead of skipping it",
+    )
     p.add_argument("--config", help="YAML file of config keys")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
@@ -96,6 +102,7 @@ _FLAG_KEYS = (
     "t",
     "weights",
     "labels",
+    "strict",
 )
 
 
@@ -115,7 +122,13 @@ def _split_numbers(args: argparse.Namespace, key: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may sit anywhere among the options
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = list(getattr(args, "overrides", None) or []) + extra
     from dreamteacher import api  # imported late: `--help` stays fast
     from dreamteacher.config import parse_overrides
 

@@ -46,6 +46,8 @@ class TeacherConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
+    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 @dataclass
@@ -75,6 +77,8 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
+    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 @dataclass
@@ -102,6 +106,8 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
     resume: bool = False
+    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
+    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 C = TypeVar("C")

@@ -57,7 +57,10 @@ def test_image_without_mask(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "images" / "lonely.png")
-    with pytest.raises(UserError, match="lonely.png has no mask"):
+    with (
+        pytest.warns(UserWarning, match="lonely.png has no mask"),
+        pytest.raises(UserError, match="no readable image/mask pairs"),
+    ):
         MaskFolder(tmp_path)
 
 

@@ -1,7 +1,14 @@
-"""A folder of unlabeled images, searched recursively, returned as float tensors in [0, 1]."""
+"""A folder of unlabeled images, searched recursively, returned as float tensors in [0, 1].
+
+Policy for messy folders (docs/data.md): files with other extensions are ignored; files with
+an image extension that cannot be opened (zero-byte, corrupt, not really an image, too large)
+are skipped with a one-line warning naming them, or rejected with `strict=True`; grayscale,
+RGBA, CMYK, palette and 16-bit images are converted to 8-bit RGB; EXIF orientation is applied.
+"""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +18,27 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from dreamteacher.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_READ_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    Image.DecompressionBombError,
+)
+
+
+def warn(msg: str) -> None:
+    """A one-line warning for a skipped or converted input."""
+    warnings.warn(msg, UserWarning, stacklevel=3)
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, Image.DecompressionBombError):
+        return "too many pixels for PIL's decompression-bomb limit"
+    if isinstance(e, UnidentifiedImageError):
+        return "not a readable image"
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}".rstrip(": ")
 
 
 def list_images(root: str | Path, ids: list[str] | None = None) -> list[Path]:
@@ -20,15 +48,18 @@ def list_images(root: str | Path, ids: list[str] | None = None) -> list[Path]:
         raise UserError(f"data folder {root} does not exist; pass an existing folder to --data")
     if not root.is_dir():
         raise UserError(f"--data {root} is not a folder; pass the folder that holds the images")
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    try:
+        entries = [p for p in root.rglob("*") if p.is_file()]
+    except OSError as e:
+        raise UserError(
+            f"cannot read folder {root} ({e.strerror or type(e).__name__}); fix its permissions"
+        ) from None
+    files = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS)
     if ids is not None:
         wanted = set(ids)
         files = [p for p in files if p.stem in wanted]
     if not files:
-        anything = any(root.rglob("*"))
-        what = "has no image files" if anything else "is empty"
+        what = "has no image files" if entries else "is empty"
         raise UserError(
             f"data folder {root} {what}; put {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
             "images in it (subfolders are searched)"
@@ -36,19 +67,52 @@ def list_images(root: str | Path, ids: list[str] | None = None) -> list[Path]:
     return files
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open any supported image as 8-bit RGB (EXIF orientation applied)."""
+def check_image(path: Path, decode: bool = False) -> str | None:
+    """None if the image opens (header only, unless `decode`), else why not."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = 255.0 * (arr - arr.min()) / max(arr.max() - arr.min(), 1.0)
-                im = Image.fromarray(arr.astype(np.uint8))
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if decode:
+                    im.load()
+        if w <= 0 or h <= 0:
+            return "empty image"
+    except _READ_ERRORS as e:
+        return _why(e)
+    return None
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit: keep the top 8 bits
+        arr = np.asarray(im, dtype=np.int64)
+        im = Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8))
+    elif im.mode == "F":  # float TIFFs: stretch to 0..255
+        arr = np.asarray(im, dtype=np.float64)
+        arr = 255.0 * (arr - arr.min()) / max(arr.max() - arr.min(), 1e-12)
+        im = Image.fromarray(arr.astype(np.uint8))
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):  # alpha composited over black
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (0, 0, 0, 255)), im)
+    return im.convert("RGB")
+
+
+def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
+    """Open any supported image as 8-bit RGB (EXIF orientation applied). With `size` (W, H), a
+    large JPEG is decoded at a reduced scale first (fast, low memory)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if size is not None and im.format == "JPEG":
+                    im.draft("RGB", (size[0] * 2, size[1] * 2))
+                im = ImageOps.exif_transpose(im)
+                return _to_rgb(im)
+    except _READ_ERRORS as e:
         raise UserError(
-            f"cannot read image {path} ({type(e).__name__}); delete or replace the file"
+            f"cannot read image {path} ({_why(e)}); delete or replace the file"
         ) from None
 
 
@@ -58,33 +122,76 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
 
 
-def unlabeled_images(data: str | Path, image_size: list[int], splits: list[str] | None = None):
+def unlabeled_images(
+    data: str | Path, image_size: list[int], splits: list[str] | None = None, strict: bool = False
+):
     """The pretraining images: every image under `data`, or, when `splits` is given and `data`
     is a mask folder, only the images listed in those splits (test images stay unseen)."""
     if not splits:
-        return ImageFolder(data, image_size)
+        return ImageFolder(data, image_size, strict=strict)
     from dreamteacher.data.segmentation import MaskFolder
 
-    folder = MaskFolder(data)
+    folder = MaskFolder(data, strict=strict)
     unknown = [s for s in splits if s not in folder.splits]
     if unknown:
         raise UserError(f"split '{unknown[0]}' not in {folder.root}; have {list(folder.splits)}")
     ids = sorted({i for s in splits for i in folder.splits[s]})
-    return ImageFolder(folder.root / "images", image_size, ids)
+    return ImageFolder(folder.root / "images", image_size, ids, strict=strict)
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Unlabeled images resized to (H, W); flips are done on the batch by the training loop."""
+    """Unlabeled images resized to (H, W); flips are done on the batch by the training loop.
 
-    def __init__(self, root: str | Path, image_size: list[int], ids: list[str] | None = None):
+    Unreadable files are found by a header check when the dataset is built (skipped with a
+    warning, or an error with strict=True). A file whose header reads but whose data is
+    truncated fails at decode time: it is then replaced by the next image, with a warning."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        image_size: list[int],
+        ids: list[str] | None = None,
+        strict: bool = False,
+    ):
         self.root = Path(root)
-        self.files = list_images(root, ids)
+        self.strict = strict
+        files = list_images(root, ids)
+        self.files: list[Path] = []
+        for p in files:
+            why = check_image(p)
+            if why is None:
+                self.files.append(p)
+            elif strict:
+                raise UserError(
+                    f"cannot read image {p} ({why}); delete or replace the file "
+                    "(or drop --strict to skip it)"
+                )
+            else:
+                warn(f"skipping {p}: {why}")
+        if not self.files:
+            raise UserError(
+                f"no readable images in {self.root}; every image file failed to "
+                "open (see the warnings)"
+            )
         self.size = (int(image_size[0]), int(image_size[1]))  # H, W
+        self._bad: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        im = load_rgb(self.files[i])
-        im = im.resize((self.size[1], self.size[0]), Image.BICUBIC)
-        return to_tensor(im)  # 3, H, W
+        for k in range(len(self.files)):
+            j = (i + k) % len(self.files)
+            if j in self._bad:
+                continue
+            try:
+                im = load_rgb(self.files[j], (self.size[1], self.size[0]))
+            except UserError as e:
+                if self.strict:
+                    raise
+                self._bad.add(j)
+                warn(f"skipping {self.files[j]} from now on: {e}")
+                continue
+            im = im.resize((self.size[1], self.size[0]), Image.BICUBIC)
+            return to_tensor(im)  # 3, H, W
+        raise UserError(f"no image in {self.root} could be decoded; check the files")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamteacher.data.folder import IMAGE_EXTENSIONS, load_rgb, to_tensor
+from dreamteacher.data.folder import IMAGE_EXTENSIONS, check_image, load_rgb, to_tensor, warn
 from dreamteacher.errors import UserError
 
 
@@ -23,47 +23,79 @@ def _read_json(path: Path) -> dict:
         raise UserError(f"{path} is not valid JSON (line {e.lineno}); fix its syntax") from None
 
 
+class MaskFormatError(UserError):
+    """A mask in a format we do not guess at (e.g. an RGB colour mask): always an error."""
+
+
 def _load_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as m:
             if m.mode not in ("L", "P", "I", "I;16"):
-                raise UserError(
+                raise MaskFormatError(
                     f"mask {path} has mode {m.mode}; save masks as single-channel uint8 PNGs "
                     "holding class ids"
                 )
             return np.asarray(m, dtype=np.int64)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise UserError(f"cannot read mask {path} ({type(e).__name__}); replace the file") from None
 
 
 class MaskFolder:
-    """Index of a mask-folder dataset: ids per split, class names, ignore index."""
+    """Index of a mask-folder dataset: ids per split, class names, ignore index.
 
-    def __init__(self, root: str | Path):
+    Policy (docs/data.md): an image without a mask, a mask without an image, and an unreadable
+    image or mask are skipped with a one-line warning (an error with strict=True); a mask of
+    another size than its image, or holding a class id unknown to classes.json, is an error."""
+
+    def __init__(self, root: str | Path, strict: bool = False):
         self.root = Path(root)
+        self.strict = strict
         img_dir, mask_dir = self.root / "images", self.root / "masks"
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise UserError(
                 f"{self.root} is not a mask folder: it needs images/ and masks/ subfolders"
             )
-        self.images = {
+        images = {
             p.stem: p
             for p in sorted(img_dir.iterdir())
             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         }
-        self.masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
-        if not self.images:
+        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        if not images:
             raise UserError(f"{img_dir} has no images; put <id>.jpg/.png files in it")
-        missing = sorted(set(self.images) - set(self.masks))
-        if missing:
-            raise UserError(
-                f"image {self.images[missing[0]]} has no mask {mask_dir / (missing[0] + '.png')}"
-                f" ({len(missing)} images without masks); add the masks or remove the images"
+        for i in sorted(set(images) - set(masks)):
+            self._skip(
+                f"image {images[i]} has no mask {mask_dir / (i + '.png')}",
+                "add the mask or remove the image",
             )
+        for i in sorted(set(masks) - set(images)):
+            self._skip(
+                f"mask {masks[i]} has no image in {img_dir}", "add the image or remove the mask"
+            )
+        self.images, self.masks, self.skipped = {}, {}, set()
+        for i in sorted(set(images) & set(masks)):
+            why = check_image(images[i], decode=True)  # labelled sets are small
+            if why is None:
+                try:
+                    _load_mask(masks[i])
+                except MaskFormatError:
+                    raise
+                except UserError as e:
+                    self._skip(str(e).split(";")[0], "replace the file")
+                    self.skipped.add(i)
+                    continue
+                self.images[i], self.masks[i] = images[i], masks[i]
+            else:
+                self._skip(f"image {images[i]} is unreadable ({why})", "replace the file")
+                self.skipped.add(i)
+        if not self.images:
+            raise UserError(f"{self.root} has no readable image/mask pairs (see the warnings)")
         cls_file = self.root / "classes.json"
         if cls_file.exists():
             meta = _read_json(cls_file)
-            self.class_names: list[str] = list(meta["names"])
+            if not isinstance(meta, dict) or not isinstance(meta.get("names"), list):
+                raise UserError(f'{cls_file} needs {{"names": [...], "ignore_index": 255}}')
+            self.class_names: list[str] = [str(n) for n in meta["names"]]
             self.ignore_index = int(meta.get("ignore_index", 255))
         else:
             self.ignore_index = 255
@@ -74,18 +106,27 @@ class MaskFolder:
             self.class_names = [f"class_{i}" for i in range(max(ids) + 1 if ids else 1)]
         split_file = self.root / "splits.json"
         if split_file.exists():
-            self.splits = {k: list(v) for k, v in _read_json(split_file).items()}
-            for name, ids in self.splits.items():
-                unknown = [i for i in ids if i not in self.images]
+            raw = _read_json(split_file)
+            if not isinstance(raw, dict):
+                raise UserError(f'{split_file} needs {{"train": [...], "test": [...]}}')
+            self.splits = {}
+            for name, ids in raw.items():
+                unknown = [i for i in ids if i not in images]
                 if unknown:
                     raise UserError(
                         f"{split_file}: split '{name}' lists '{unknown[0]}' which has no image in "
                         f"{img_dir}; fix the id or add the image"
                     )
+                self.splits[name] = [i for i in ids if i in self.images]
         else:  # deterministic 80/20 train/val split by sorted id
             ids = sorted(self.images)
             n_val = max(1, len(ids) // 5) if len(ids) > 1 else 0
             self.splits = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val :]}
+
+    def _skip(self, what: str, fix: str) -> None:
+        if self.strict:
+            raise UserError(f"{what}; {fix} (or drop --strict to skip it)")
+        warn(f"skipping: {what}")
 
     @property
     def num_classes(self) -> int:

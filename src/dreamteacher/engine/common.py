@@ -64,21 +64,44 @@ def lr_at(step: int, total: int, warmup: int, base: float, final_frac: float = 0
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def loop_state(sampler, total: int, warmup: int) -> dict[str, Any]:
+    """What a checkpoint records about the data order and the lr schedule besides the step
+    (both are functions of the step, so resuming at step k replays them exactly)."""
+    return {
+        "sampler": {
+            "seed": sampler.seed,
+            "batch_size": sampler.batch_size,
+            "world_size": sampler.world_size,
+            "steps_per_epoch": sampler.steps_per_epoch,
+        },
+        "lr_schedule": {"kind": "warmup_cosine", "total_steps": total, "warmup_steps": warmup},
+        "grad_scaler": None,  # fp32 training: no loss scaling
+    }
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
     """write_fn(tmp_path) then fsync and rename over `path`: readers never see a partial file,
-    and a failed write leaves the previous file untouched."""
+    and a failed write (disk full, no permission) leaves the previous file untouched and is
+    reported as a one-line UserError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write_fn(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        _remove_quietly(tmp)
+        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        raise UserError(
+            f"could not write {path} ({e.strerror or type(e).__name__}); {kept}. Free disk "
+            "space or fix the folder's permissions, then run again (with --resume)"
+        ) from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove_quietly(tmp)
         raise
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -86,6 +109,14 @@ def atomic_write(path: str | Path, write_fn) -> None:
         os.close(dfd)
     except OSError:
         pass
+
+
+def _remove_quietly(path: str | None) -> None:
+    if path and os.path.exists(path):
+        try:
+            os.remove(path)
+        except OSError:
+            pass
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -97,6 +128,44 @@ def atomic_json(obj: Any, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2) + "\n")
 
     atomic_write(path, w)
+
+
+class NonFiniteGuard:
+    """Skips a step whose loss (or gradient norm) is NaN/inf, with a warning; after
+    `max_bad` such steps in a row the run stops and its last checkpoint stays as it was."""
+
+    def __init__(self, max_bad: int, run: Run, model: torch.nn.Module | None = None):
+        self.max_bad, self.run, self.streak = max_bad, run, 0
+        self.model, self._buffers = model, []
+
+    def begin(self) -> None:
+        """Before the forward pass: remember the buffers (BatchNorm running statistics), which
+        a bad forward pass would otherwise corrupt even though its update is skipped."""
+        if self.model is not None:
+            self._buffers = [b.detach().clone() for b in self.model.buffers()]
+
+    def ok(self, step: int, *values: torch.Tensor) -> bool:
+        if all(bool(torch.isfinite(v).all()) for v in values):
+            self.streak = 0
+            return True
+        with torch.no_grad():
+            for b, saved in zip(self.model.buffers() if self.model else [], self._buffers):
+                b.copy_(saved)
+        self.streak += 1
+        bad = ", ".join(f"{v.item():g}" for v in values if v.numel() == 1)
+        warnings.warn(
+            f"step {step + 1}: non-finite loss/gradient ({bad}); step skipped "
+            f"({self.streak}/{self.max_bad} in a row)",
+            stacklevel=2,
+        )
+        if self.streak >= self.max_bad:
+            last = self.run.checkpoints()
+            where = f"the last good checkpoint {last[-1]} is intact" if last else "no checkpoint"
+            raise UserError(
+                f"loss was NaN/inf for {self.streak} steps in a row (up to step {step + 1}); "
+                f"stopped, {where}. Lower the lr (or check the data), then --resume"
+            )
+        return False
 
 
 class Run:
@@ -117,6 +186,8 @@ class Run:
                     "it, or choose another --out"
                 )
             save_config(cfg, self.dir / "config.yaml")
+            for stale in self.ckpt_dir.glob(".*.tmp") if self.ckpt_dir.exists() else []:
+                stale.unlink(missing_ok=True)  # left by a run killed while writing
         self.metrics_path = self.dir / "metrics.jsonl"
 
     def checkpoints(self) -> list[Path]:

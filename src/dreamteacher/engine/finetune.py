@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import torch.nn.functional as F
 from dreamteacher.config import FinetuneConfig
 from dreamteacher.data import MaskFolder, ResumableBatchSampler, select_labeled
 from dreamteacher.engine.common import (
+    NonFiniteGuard,
     Run,
     atomic_json,
     atomic_save,
+    loop_state,
     lr_at,
     param_groups,
     progress,
@@ -70,7 +73,7 @@ def evaluate(
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train, evaluate on the test split (val if none), write RUN/metrics.json; return it."""
     device = resolve_device(cfg.device)
-    folder = MaskFolder(cfg.data)
+    folder = MaskFolder(cfg.data, strict=cfg.strict)
     if not folder.splits.get("train"):
         raise UserError(f"{folder.root}/splits.json has no train ids; add a 'train' list")
     train_ids = select_labeled(folder.splits["train"], cfg.labels, cfg.seed)
@@ -108,25 +111,34 @@ def finetune(cfg: FinetuneConfig) -> dict:
         f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
     )
     model.train()
-    with progress(cfg.steps, start, "finetune") as bar:  # closed (newline) even when a step raises
+    guard = NonFiniteGuard(cfg.max_bad_steps, run, model)
+    with progress(cfg.steps, start, "finetune") as bar:  # closed even if a step raises
         t0 = time.time()
         for step, (x, y) in zip(range(start, cfg.steps), loader):
             x, y = hflip_batch(x.to(device), y.to(device))  # B, 3, H, W and B, H, W
+            guard.begin()
             loss = F.cross_entropy(model(x), y, ignore_index=folder.ignore_index)
             lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
+            ok = guard.ok(step, loss)  # a NaN/inf step is skipped
+            if ok:
+                opt.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if ok and (done % cfg.log_every == 0 or done == cfg.steps):
                 run.log({"step": done, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
             if done % cfg.save_every == 0 or done == cfg.steps:
                 run.save_checkpoint(
-                    done, {"model": model.state_dict(), "optimizer": opt.state_dict()}
+                    done,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        **loop_state(sampler, cfg.steps, cfg.warmup_steps),
+                    },
                 )
     train_time = time.time() - t0
     cm = evaluate(
@@ -136,7 +148,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     metrics = {
         "miou": mean_iou(cm),
         "per_class_iou": {
-            n: (None if v != v else float(v) * 100)
+            n: (None if math.isnan(v) else float(v) * 100)
             for n, v in zip(folder.class_names, iou.tolist(), strict=True)
         },
         "split": split,

@@ -10,8 +10,10 @@ import torch
 from dreamteacher.config import PretrainConfig
 from dreamteacher.data import ResumableBatchSampler, unlabeled_images
 from dreamteacher.engine.common import (
+    NonFiniteGuard,
     Run,
     atomic_save,
+    loop_state,
     lr_at,
     param_groups,
     progress,
@@ -37,7 +39,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
         cfg.image_size = teacher_image_size(cfg.teacher)
         if cfg.image_size is None:
             raise UserError("the teacher folder does not say its resolution; pass --image-size")
-    data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits)
+    if any(v % teacher.min_divisor for v in cfg.image_size):
+        raise UserError(
+            f"--image-size {cfg.image_size[0]} {cfg.image_size[1]} is not divisible by "
+            f"{teacher.min_divisor}, the teacher UNet's total stride; pick a multiple of it"
+        )
+    data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
     seed_everything(cfg.seed)
     backbone = Backbone(cfg.backbone, cfg.strides)
     student = Student(
@@ -74,11 +81,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     for line in getattr(teacher, "tap_description", lambda: [])():
         print(f"  teacher {line}")
     student.train()
-    with progress(total, start, "pretrain") as bar:  # closed (newline) even when a step raises
+    guard = NonFiniteGuard(cfg.max_bad_steps, run, student)
+    with progress(total, start, "pretrain") as bar:  # closed even if a step raises
         t0 = time.time()
         for step, x in zip(range(start, total), loader):
             x = hflip_batch(x.to(device, non_blocking=True))[0]  # B, 3, H, W; flip is the only aug
             # frozen teacher under inference mode; clone() turns its outputs into normal tensors
+            guard.begin()
             targets = [f.clone() for f in teacher(x)]
             preds = student(x)
             losses = feature_distillation_loss(preds, targets, cfg.lambda_at)
@@ -87,11 +96,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
-            opt.step()
+            ok = guard.ok(step, losses["loss"])  # a NaN/inf step is skipped
+            if ok:
+                opt.step()
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == total:
+            if ok and (done % cfg.log_every == 0 or done == total):
                 run.log(
                     {
                         "step": done,
@@ -104,7 +115,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 )
             if done % cfg.save_every == 0 or done == total:
                 run.save_checkpoint(
-                    done, {"model": student.state_dict(), "optimizer": opt.state_dict()}
+                    done,
+                    {
+                        "model": student.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        **loop_state(sampler, total, warmup),
+                    },
                 )
     atomic_save(
         {

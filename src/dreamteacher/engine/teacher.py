@@ -14,15 +14,18 @@ from torchvision.utils import save_image
 from dreamteacher.config import TeacherConfig
 from dreamteacher.data import ResumableBatchSampler, unlabeled_images
 from dreamteacher.engine.common import (
+    NonFiniteGuard,
     Run,
     atomic_json,
     atomic_write,
+    loop_state,
     lr_at,
     progress,
     resolve_device,
     seed_everything,
     set_rng_state,
 )
+from dreamteacher.errors import UserError
 from dreamteacher.teachers.diffusion import build_scheduler, build_unet, sample_images
 
 
@@ -48,7 +51,9 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     """Train the DDPM; writes RUN/unet (EMA, diffusers format), RUN/scheduler,
     RUN/teacher.json, RUN/samples.png. Returns the run folder."""
     device = resolve_device(cfg.device)
-    data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits)  # fails before any write
+    data = unlabeled_images(
+        cfg.data, cfg.image_size, cfg.splits, cfg.strict
+    )  # fails before any write
     unet_overrides = {
         "block_out_channels": cfg.block_out_channels,
         "layers_per_block": cfg.layers_per_block,
@@ -84,9 +89,9 @@ def train_teacher(cfg: TeacherConfig) -> Path:
         f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps, device {device}"
     )
     unet.train()
-    with progress(
-        cfg.steps, start, "train-teacher"
-    ) as bar:  # closed (newline) even when a step raises
+    guard = NonFiniteGuard(cfg.max_bad_steps, run, unet)
+    # the bar is closed (newline) even when a step raises
+    with progress(cfg.steps, start, "train-teacher") as bar:
         t0 = time.time()
         for step, x in zip(range(start, cfg.steps), loader):
             x = hflip_batch(x.to(device, non_blocking=True))[0] * 2 - 1  # B, 3, H, W in [-1, 1]
@@ -94,6 +99,7 @@ def train_teacher(cfg: TeacherConfig) -> Path:
             t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), device=device)
             ab = acp[t].view(-1, 1, 1, 1)
             xt = ab.sqrt() * x + (1 - ab).sqrt() * noise
+            guard.begin()
             loss = F.mse_loss(unet(xt, t).sample, noise)  # epsilon prediction
             lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr, final_frac=0.1)
             for g in opt.param_groups:
@@ -101,13 +107,15 @@ def train_teacher(cfg: TeacherConfig) -> Path:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            opt.step()
-            # EMA with warm-up, so short runs are not dominated by the random init
-            ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            ok = guard.ok(step, loss, gnorm)  # a NaN/inf step is skipped
+            if ok:
+                opt.step()
+                # EMA with warm-up, so short runs are not dominated by the random init
+                ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if ok and (done % cfg.log_every == 0 or done == cfg.steps):
                 run.log(
                     {
                         "step": done,
@@ -125,6 +133,7 @@ def train_teacher(cfg: TeacherConfig) -> Path:
                         "model": unet.state_dict(),
                         "ema": ema.state_dict(),
                         "optimizer": opt.state_dict(),
+                        **loop_state(sampler, cfg.steps, cfg.warmup_steps),
                     },
                 )
     save_teacher(run.dir, ema, scheduler, cfg)
@@ -148,10 +157,16 @@ def train_teacher(cfg: TeacherConfig) -> Path:
 def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
     """diffusers format (UNet2DModel.from_pretrained(out / 'unet')), swapped in atomically."""
     for name, obj in (("unet", unet), ("scheduler", scheduler)):
-        tmp = out / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        obj.save_pretrained(tmp)
-        old = out / f".{name}.old"
+        tmp, old = out / f".{name}.tmp", out / f".{name}.old"
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            obj.save_pretrained(tmp)  # a failure here leaves out/<name> untouched
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise UserError(
+                f"could not write {out / name} ({e.strerror or type(e).__name__}); the previous "
+                "files are intact. Free disk space or fix permissions, then run with --resume"
+            ) from None
         shutil.rmtree(old, ignore_errors=True)
         if (out / name).exists():
             (out / name).rename(old)

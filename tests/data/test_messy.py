@@ -1,0 +1,179 @@
+"""Messy folders (docs/data.md): each bad case is converted, skipped with a one-line warning
+naming the file, or rejected with a one-line UserError; --strict turns skips into errors."""
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dreamteacher.data import ImageFolder, MaskFolder
+from dreamteacher.data.folder import load_rgb
+from dreamteacher.data.synthetic import make_scenes
+from dreamteacher.errors import UserError
+
+
+def _rgb(path, h=16, w=16, value=128):
+    Image.fromarray(np.full((h, w, 3), value, np.uint8)).save(path)
+
+
+def _truncated_jpeg(path):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        buf, format="JPEG"
+    )
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+
+
+@pytest.fixture
+def messy(tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _rgb(d / "good.png")
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "garbage.png").write_bytes(b"this is not a png")
+    (d / "notes.txt").write_text("ignored: not an image extension")
+    return d
+
+
+def test_unreadable_files_are_skipped_with_a_warning(messy):
+    with pytest.warns(UserWarning) as rec:
+        ds = ImageFolder(messy, [8, 8])
+    assert [p.name for p in ds.files] == ["good.png"]
+    msgs = [str(r.message) for r in rec]
+    assert any("zero.jpg" in m for m in msgs) and any("garbage.png" in m for m in msgs)
+    assert all("\n" not in m for m in msgs)
+
+
+def test_strict_rejects_unreadable_files(messy):
+    with pytest.raises(UserError, match=r"garbage\.png.*--strict"):
+        ImageFolder(messy, [8, 8], strict=True)
+
+
+def test_truncated_image_is_replaced_at_decode_time(tmp_path):
+    _rgb(tmp_path / "a.png", value=10)
+    _truncated_jpeg(tmp_path / "b.jpg")  # the header reads; the data does not
+    _rgb(tmp_path / "c.png", value=250)
+    ds = ImageFolder(tmp_path, [8, 8])
+    assert len(ds) == 3
+    with pytest.warns(UserWarning, match="b.jpg"):
+        x = ds[1]
+    assert torch.allclose(x, torch.full_like(x, 250 / 255), atol=1e-2)  # the next image
+    strict = ImageFolder(tmp_path, [8, 8], strict=True)
+    with pytest.raises(UserError, match="b.jpg"):
+        strict[1]
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    Image.fromarray(np.full((4, 4), 77, np.uint8)).save(tmp_path / "gray.png")
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 0], rgba[..., 3] = 255, 0  # fully transparent red
+    rgba[0, 0] = (0, 255, 0, 255)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.new("CMYK", (4, 4), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # red in CMYK
+    Image.fromarray(np.full((4, 4), 51400, np.uint16)).save(tmp_path / "deep.png")  # 16-bit
+    pal = Image.new("P", (4, 4), 1)
+    pal.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    pal.save(tmp_path / "pal.png")
+    px = lambda name: np.asarray(load_rgb(tmp_path / name))  # noqa: E731
+    assert px("gray.png").shape == (4, 4, 3) and (px("gray.png") == 77).all()
+    assert tuple(px("rgba.png")[1, 1]) == (0, 0, 0) and tuple(px("rgba.png")[0, 0]) == (0, 255, 0)
+    r, g, b = px("cmyk.jpg")[2, 2].astype(int)
+    assert r > 200 and g < 60 and b < 60
+    assert (px("deep.png") == 51400 >> 8).all()
+    assert tuple(px("pal.png")[0, 0]) == (10, 20, 30)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    im = Image.fromarray(np.zeros((10, 20, 3), np.uint8))  # 20 wide, 10 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise when displayed
+    im.save(tmp_path / "rot.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rot.jpg").size == (10, 20)
+
+
+def test_very_large_images(tmp_path, monkeypatch):
+    """Over PIL's bomb limit (here lowered to 80k px): up to 2x loads, beyond is skipped."""
+    Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(tmp_path / "big.jpg")  # 1.5x
+    Image.fromarray(np.zeros((400, 600, 3), np.uint8)).save(tmp_path / "huge.png")  # 3x
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 80_000)
+    with pytest.warns(UserWarning, match="huge.png.*decompression-bomb") as rec:
+        ds = ImageFolder(tmp_path, [12, 16])
+    assert len(rec) == 1 and [p.name for p in ds.files] == ["big.jpg"]
+    assert ds[0].shape == (3, 12, 16)
+
+
+def test_jpeg_draft_decodes_large_images_at_reduced_scale(tmp_path):
+    Image.fromarray(np.full((1200, 1600, 3), 90, np.uint8)).save(tmp_path / "l.jpg")
+    im = load_rgb(tmp_path / "l.jpg", size=(40, 30))
+    assert im.size[0] < 1600 and im.size[0] >= 80  # decoded at 1/8 .. 1/2 scale
+    assert abs(int(np.asarray(im)[5, 5, 0]) - 90) <= 3
+
+
+def _mask_folder(tmp_path: Path, n=4) -> Path:
+    return make_scenes(
+        tmp_path / "seg", n=n, image_size=(16, 16), seed=0, splits={"train": 0.5, "test": 0.5}
+    )
+
+
+def test_image_without_mask_and_mask_without_image(tmp_path):
+    d = _mask_folder(tmp_path)
+    _rgb(d / "images" / "extra.png")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(d / "masks" / "orphan.png")
+    with pytest.warns(UserWarning) as rec:
+        f = MaskFolder(d)
+    msgs = " ".join(str(r.message) for r in rec)
+    assert "extra.png has no mask" in msgs and "orphan.png has no image" in msgs
+    assert "extra" not in f.images and "orphan" not in f.masks
+    with pytest.raises(UserError, match="extra.png has no mask.*--strict"):
+        MaskFolder(d, strict=True)
+
+
+def test_corrupt_mask_is_skipped_and_rgb_mask_rejected(tmp_path):
+    d = _mask_folder(tmp_path)
+    (d / "masks" / "scene_00001.png").write_bytes(b"\x89PNG broken")
+    with pytest.warns(UserWarning, match="scene_00001"):
+        f = MaskFolder(d)
+    assert "scene_00001" not in f.images and "scene_00001" not in f.splits["train"]
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "masks" / "scene_00002.png")
+    with pytest.raises(UserError, match="scene_00002.png has mode RGB"):
+        MaskFolder(d)
+
+
+def test_mask_size_and_class_id_are_errors(tmp_path):
+    d = _mask_folder(tmp_path)
+    f = MaskFolder(d)
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(d / "masks" / "scene_00000.png")
+    with pytest.raises(UserError, match="scene_00000.png is 16x8 but its image"):
+        f.dataset(["scene_00000"], [16, 16])
+    Image.fromarray(np.full((16, 16), 7, np.uint8)).save(d / "masks" / "scene_00000.png")
+    with pytest.raises(UserError, match="class id 7 but classes.json has 5 classes"):
+        f.dataset(["scene_00000"], [16, 16])
+
+
+def test_empty_and_unreadable_folders(tmp_path, monkeypatch):
+    (tmp_path / "e").mkdir()
+    with pytest.raises(UserError, match="is empty"):
+        ImageFolder(tmp_path / "e", [8, 8])
+    with pytest.raises(UserError, match="does not exist"):
+        ImageFolder(tmp_path / "nope", [8, 8])
+
+    def denied(self, pattern):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "rglob", denied)
+    with pytest.raises(UserError, match=r"cannot read folder .*Permission denied.*permissions"):
+        ImageFolder(tmp_path / "e", [8, 8])
+
+
+def test_bad_json_files(tmp_path):
+    d = _mask_folder(tmp_path)
+    (d / "splits.json").write_text("{not json")
+    with pytest.raises(UserError, match="splits.json is not valid JSON"):
+        MaskFolder(d)
+    (d / "splits.json").write_text(json.dumps({"train": ["scene_00000", "ghost"]}))
+    with pytest.raises(UserError, match="'ghost' which has no image"):
+        MaskFolder(d)

@@ -1,0 +1,117 @@
+"""Numerical faults and write failures: nothing already written is lost."""
+
+import errno
+import importlib
+
+import pytest
+import torch
+
+import dreamteacher as dt
+import dreamteacher.engine.common as common
+from dreamteacher.errors import UserError
+from dreamteacher.losses import feature_distillation_loss
+
+# the module, not the function of the same name that dreamteacher.engine re-exports
+pretrain_mod = importlib.import_module("dreamteacher.engine.pretrain")
+
+
+def _nan_at(bad_steps):
+    """The real loss, made NaN on the given 0-based calls."""
+    calls = {"n": 0}
+
+    def loss(*a, **k):
+        out = feature_distillation_loss(*a, **k)
+        if calls["n"] in bad_steps:
+            out["loss"] = out["loss"] * float("nan")
+        calls["n"] += 1
+        return out
+
+    return loss
+
+
+def _kw(scenes, teacher_run):
+    return dict(
+        data=str(scenes),
+        teacher=str(teacher_run),
+        splits=["train"],
+        backbone="resnet18",
+        batch_size=4,
+        warmup_epochs=0,
+        device="cpu",
+        log_every=1,
+        regressor_channels=32,
+    )
+
+
+def test_a_nan_step_is_skipped(scenes, teacher_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "feature_distillation_loss", _nan_at({1}))
+    with pytest.warns(UserWarning, match=r"step 2: non-finite loss.*skipped \(1/10"):
+        run = dt.pretrain(out=str(tmp_path / "p"), epochs=1, **_kw(scenes, teacher_run))
+    final = torch.load(run / "final.pt", weights_only=False)["backbone_state"]
+    assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
+    logged = [line for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(logged) == 3  # 4 steps, the NaN one not logged
+
+
+def test_too_many_bad_steps_stop_and_keep_the_checkpoint(
+    scenes, teacher_run, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pretrain_mod, "feature_distillation_loss", _nan_at(set(range(2, 99))))
+    out = tmp_path / "p"
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            UserError,
+            match=r"NaN/inf for 3 steps in a "
+            r"row \(up to step 5\).*step_00000004.pt",
+        ),
+    ):
+        dt.pretrain(
+            out=str(out), epochs=2, save_every=2, max_bad_steps=3, **_kw(scenes, teacher_run)
+        )
+    ckpts = sorted((out / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in ckpts] == ["step_00000002.pt", "step_00000004.pt"]
+    # skipped steps change nothing (weights and BN statistics): checkpoint 4 equals 2
+    a, b = (torch.load(p, weights_only=False)["model"] for p in ckpts)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "final.pt").exists()
+
+
+def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
+    cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
+    run = common.Run(cfg.out, cfg, keep=2)
+    run.save_checkpoint(1, {"model": {"w": torch.ones(3)}})
+    before = (run.ckpt_dir / "step_00000001.pt").read_bytes()
+
+    def full(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(common.torch, "save", full)
+    with pytest.raises(UserError, match=r"could not write .*step_00000002.pt \(No space left"):
+        run.save_checkpoint(2, {"model": {"w": torch.zeros(3)}})
+    assert (run.ckpt_dir / "step_00000001.pt").read_bytes() == before
+    assert [p.name for p in run.ckpt_dir.iterdir()] == ["step_00000001.pt"]  # no temp left
+
+
+def test_export_failure_keeps_previous_export(pretrain_run, tmp_path, monkeypatch):
+    export_mod = importlib.import_module("dreamteacher.export")
+
+    bb = dt.export(pretrain_run, tmp_path / "bb")
+    before = (bb / "model.safetensors").read_bytes()
+
+    def denied(tensors, path, metadata=None):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(export_mod, "save_file", denied)
+    with pytest.raises(UserError, match=r"Permission denied\); the previous model.safetensors"):
+        dt.export(pretrain_run, bb)
+    assert (bb / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in bb.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_image_size_not_divisible_by_teacher_stride(scenes, teacher_run, tmp_path):
+    with pytest.raises(UserError, match="not divisible by 16"):
+        dt.pretrain(out=str(tmp_path / "p"), epochs=1, image_size=[40], **_kw(scenes, teacher_run))
+    assert not (tmp_path / "p").exists()  # rejected before anything was written
