@@ -42,7 +42,11 @@ class TeacherConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
-    num_workers: int = 0
+    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
+    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the trained model
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -73,7 +77,11 @@ class PretrainConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
-    num_workers: int = 0
+    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
+    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the trained model
     seed: int = 0
     device: str = "auto"
     resume: bool = False
@@ -102,7 +110,11 @@ class FinetuneConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
-    num_workers: int = 0
+    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
+    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the trained model
     seed: int = 0
     device: str = "auto"
     resume: bool = False

@@ -7,12 +7,13 @@ from dreamteacher.data.folder import (
     load_rgb,
     unlabeled_images,
 )
-from dreamteacher.data.sampler import ResumableBatchSampler
+from dreamteacher.data.sampler import Indexed, ResumableBatchSampler
 from dreamteacher.data.segmentation import MaskFolder, select_labeled
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageFolder",
+    "Indexed",
     "MaskFolder",
     "ResumableBatchSampler",
     "list_images",

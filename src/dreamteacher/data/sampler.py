@@ -61,3 +61,17 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         if self.total_steps is None:
             return 2**31
         return max(0, self.total_steps - self.start_step)
+
+
+class Indexed(torch.utils.data.Dataset):
+    """Returns (index, *item): the index keys the sample's randomness (engine/randomness.py)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        item = self.dataset[i]
+        return (i, *item) if isinstance(item, tuple) else (i, item)

@@ -259,6 +259,35 @@ def track(iterable, desc: str = ""):
     )
 
 
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA by default; fp32 on CPU unless precision='bf16'."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserError(f"precision must be auto, fp32 or bf16, got '{precision}'")
+    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+def make_loader(dataset, sampler, num_workers: int, device: torch.device, seed: int):
+    """DataLoader over an index-returning dataset; pinned memory and workers on CUDA."""
+    if num_workers < 0:
+        num_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
+    )
+
+
+def micro_batches(accum: int, *tensors: torch.Tensor):
+    """Split a rank's batch into `accum` interleaved micro-batches (m::accum), the same
+    grouping a DDP run over `accum` ranks would see."""
+    for m in range(accum):
+        yield m, tuple(t[m::accum] for t in tensors)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases and norm parameters (1-d tensors)."""
     decay, no_decay = [], []

@@ -11,22 +11,25 @@ import torch
 import torch.nn.functional as F
 
 from dreamteacher.config import FinetuneConfig
-from dreamteacher.data import MaskFolder, ResumableBatchSampler, select_labeled
+from dreamteacher.data import Indexed, MaskFolder, ResumableBatchSampler, select_labeled
+from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
     NonFiniteGuard,
     Run,
     atomic_json,
     atomic_save,
+    autocast,
     loop_state,
     lr_at,
+    make_loader,
+    micro_batches,
     param_groups,
     progress,
-    resolve_device,
     seed_everything,
     set_rng_state,
     track,
 )
-from dreamteacher.engine.teacher import hflip_batch
+from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.eval import confusion_matrix, iou_per_class, mean_iou
 from dreamteacher.export import read_exported
@@ -71,8 +74,9 @@ def evaluate(
 
 
 def finetune(cfg: FinetuneConfig) -> dict:
-    """Train, evaluate on the test split (val if none), write RUN/metrics.json; return it."""
-    device = resolve_device(cfg.device)
+    """Train, evaluate on the test split (val if none), write RUN/metrics.json; return it.
+    Runs under torchrun too (DDP over backbone + head; evaluation on rank 0)."""
+    env, device = dist.setup(cfg.device)
     folder = MaskFolder(cfg.data, strict=cfg.strict)
     if not folder.splits.get("train"):
         raise UserError(f"{folder.root}/splits.json has no train ids; add a 'train' list")
@@ -80,66 +84,93 @@ def finetune(cfg: FinetuneConfig) -> dict:
     split = folder.eval_split(cfg.eval_split)
     train_set = folder.dataset(train_ids, cfg.image_size)
     eval_set = folder.dataset(folder.splits[split], cfg.image_size, full_res_masks=True)
-    seed_everything(cfg.seed)
-    model = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes, cfg.head_channels).to(
-        device
-    )
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
-    atomic_json(
-        {"labels": len(train_ids), "seed": cfg.seed, "ids": train_ids}, run.dir / "labeled_ids.json"
-    )
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    seed_everything(cfg.seed)  # same init on every rank
+    net = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes, cfg.head_channels)
+    net = net.to(device)
+    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    if env.main:
+        atomic_json(
+            {"labels": len(train_ids), "seed": cfg.seed, "ids": train_ids},
+            run.dir / "labeled_ids.json",
+        )
+    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
 
     start = 0
     if cfg.resume and (state := run.load_checkpoint()) is not None:
-        model.load_state_dict(state["model"])
+        net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
-        print(f"resumed {run.dir} at step {start}")
+        if env.main:
+            print(f"resumed {run.dir} at step {start}")
+    if start == 0:
+        seed_everything(cfg.seed + env.rank)  # dropout noise: its own stream per rank
+    model = dist.wrap(net, env, device, cfg.sync_bn)
+    if cfg.compile:
+        model = torch.compile(model)
 
-    sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, start, cfg.steps)
-    loader = torch.utils.data.DataLoader(
-        train_set,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )  # keeps the global RNG untouched
-    print(
-        f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
-        f"{folder.num_classes} classes, {cfg.steps} steps at "
-        f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
+    sampler = ResumableBatchSampler(
+        len(train_set),
+        cfg.batch_size * cfg.accum_steps,
+        cfg.seed,
+        start,
+        cfg.steps,
+        rank=env.rank,
+        world_size=env.world_size,
     )
+    loader = make_loader(Indexed(train_set), sampler, cfg.num_workers, device, cfg.seed)
+    if env.main:
+        print(
+            f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
+            f"{folder.num_classes} classes, {cfg.steps} steps of global batch {global_batch} at "
+            f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
+        )
     model.train()
-    guard = NonFiniteGuard(cfg.max_bad_steps, run, model)
-    with progress(cfg.steps, start, "finetune") as bar:  # closed even if a step raises
+    guard = NonFiniteGuard(cfg.max_bad_steps, run, net)
+    with progress(cfg.steps, start, "finetune", disable=not env.main) as bar:
         t0 = time.time()
-        for step, (x, y) in zip(range(start, cfg.steps), loader):
-            x, y = hflip_batch(x.to(device), y.to(device))  # B, 3, H, W and B, H, W
-            guard.begin()
-            loss = F.cross_entropy(model(x), y, ignore_index=folder.ignore_index)
+        for step, (idx, x, y) in zip(range(start, cfg.steps), loader):
             lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            ok = guard.ok(step, loss)  # a NaN/inf step is skipped
+            guard.begin()
+            step_loss = torch.zeros((), device=device)
+            for m, (idx_m, x_m, y_m) in micro_batches(cfg.accum_steps, idx, x, y):
+                keys = sample_keys(cfg.seed, step, idx_m)
+                x_m, y_m = keyed_hflip(keys, x_m.to(device), y_m.to(device))  # B,3,H,W / B,H,W
+                with (
+                    autocast(device, cfg.precision),
+                    dist.no_sync(model, sync=m == cfg.accum_steps - 1),
+                ):
+                    logits = model(x_m)
+                    loss = F.cross_entropy(logits.float(), y_m, ignore_index=folder.ignore_index)
+                    (loss / cfg.accum_steps).backward()
+                step_loss += loss.detach() / cfg.accum_steps
+            ok = guard.ok(step, step_loss)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{step_loss.item():.4f}")
             done = step + 1
-            if ok and (done % cfg.log_every == 0 or done == cfg.steps):
-                run.log({"step": done, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                logs = dist.mean_over_ranks({"loss": step_loss.item()}, env)
+                if ok:
+                    run.log({"step": done, **logs, "lr": lr, "time": time.time() - t0})
             if done % cfg.save_every == 0 or done == cfg.steps:
                 run.save_checkpoint(
                     done,
                     {
-                        "model": model.state_dict(),
+                        "model": net.state_dict(),
                         "optimizer": opt.state_dict(),
                         **loop_state(sampler, cfg.steps, cfg.warmup_steps),
                     },
                 )
+    if not env.main:
+        dist.teardown(env)
+        return {}
+    model = net
     train_time = time.time() - t0
     cm = evaluate(
         model, eval_set, folder.num_classes, folder.ignore_index, device, cfg.eval_batch_size
@@ -164,6 +195,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     atomic_json(metrics, run.dir / "metrics.json")
     atomic_save(model.state_dict(), run.dir / "model.pt")
     print(format_metrics(metrics))
+    dist.teardown(env)
     return metrics
 
 

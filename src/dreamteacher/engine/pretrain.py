@@ -1,4 +1,6 @@
-"""pretrain: feature distillation of a frozen teacher into a timm backbone (METHOD.md 1-3, 5)."""
+"""pretrain: feature distillation of a frozen teacher into a timm backbone (METHOD.md 1-3, 5).
+
+Runs as one process or under torchrun (DDP over student + regressor; engine/dist.py)."""
 
 from __future__ import annotations
 
@@ -8,20 +10,23 @@ from pathlib import Path
 import torch
 
 from dreamteacher.config import PretrainConfig
-from dreamteacher.data import ResumableBatchSampler, unlabeled_images
+from dreamteacher.data import Indexed, ResumableBatchSampler, unlabeled_images
+from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
     NonFiniteGuard,
     Run,
     atomic_save,
+    autocast,
     loop_state,
     lr_at,
+    make_loader,
+    micro_batches,
     param_groups,
     progress,
-    resolve_device,
     seed_everything,
     set_rng_state,
 )
-from dreamteacher.engine.teacher import hflip_batch
+from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.losses import feature_distillation_loss
 from dreamteacher.student import Backbone, FeatureRegressor, Student
@@ -31,10 +36,10 @@ from dreamteacher.teachers.diffusion import teacher_image_size
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Distil; writes RUN/final.pt (backbone + regressor weights) and returns the run folder."""
-    device = resolve_device(cfg.device)
+    env, device = dist.setup(cfg.device)
     if not cfg.teacher:
         raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
-    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides).to(device)
+    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides).to(device)  # frozen
     if cfg.image_size is None:
         cfg.image_size = teacher_image_size(cfg.teacher)
         if cfg.image_size is None:
@@ -45,16 +50,20 @@ def pretrain(cfg: PretrainConfig) -> Path:
             f"{teacher.min_divisor}, the teacher UNet's total stride; pick a multiple of it"
         )
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # same init on every rank
     backbone = Backbone(cfg.backbone, cfg.strides)
     student = Student(
         backbone, FeatureRegressor(backbone.channels, teacher.channels, cfg.regressor_channels)
     ).to(device)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
     opt = torch.optim.AdamW(
         param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
     )
-    steps_per_epoch = max(1, len(data) // cfg.batch_size)
+    global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
+    steps_per_epoch = max(1, len(data) // global_batch)
     total = cfg.epochs * steps_per_epoch
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
@@ -64,55 +73,77 @@ def pretrain(cfg: PretrainConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
-        print(f"resumed {run.dir} at step {start}")
+        if env.main:
+            print(f"resumed {run.dir} at step {start}")
+    model = dist.wrap(student, env, device, cfg.sync_bn)
+    if cfg.compile:
+        model = torch.compile(model)
 
-    sampler = ResumableBatchSampler(len(data), cfg.batch_size, cfg.seed, start, total)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )  # keeps the global RNG untouched
-    print(
-        f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); "
-        f"{len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.epochs} epochs = "
-        f"{total} steps, device {device}"
+    sampler = ResumableBatchSampler(
+        len(data),
+        cfg.batch_size * cfg.accum_steps,
+        cfg.seed,
+        start,
+        total,
+        rank=env.rank,
+        world_size=env.world_size,
     )
-    for line in getattr(teacher, "tap_description", lambda: [])():
-        print(f"  teacher {line}")
-    student.train()
+    loader = make_loader(Indexed(data), sampler, cfg.num_workers, device, cfg.seed)
+    if env.main:
+        print(
+            f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); {len(data)} images "
+            f"at {cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.epochs} epochs = {total} steps of "
+            f"global batch {global_batch} ({env.world_size} rank(s) x {cfg.batch_size} x "
+            f"{cfg.accum_steps} accumulation), device {device}"
+        )
+        for line in getattr(teacher, "tap_description", lambda: [])():
+            print(f"  teacher {line}")
+    model.train()
     guard = NonFiniteGuard(cfg.max_bad_steps, run, student)
-    with progress(total, start, "pretrain") as bar:  # closed even if a step raises
+    with progress(total, start, "pretrain", disable=not env.main) as bar:
         t0 = time.time()
-        for step, x in zip(range(start, total), loader):
-            x = hflip_batch(x.to(device, non_blocking=True))[0]  # B, 3, H, W; flip is the only aug
-            # frozen teacher under inference mode; clone() turns its outputs into normal tensors
-            guard.begin()
-            targets = [f.clone() for f in teacher(x)]
-            preds = student(x)
-            losses = feature_distillation_loss(preds, targets, cfg.lambda_at)
+        for step, (idx, x) in zip(range(start, total), loader):
             lr = lr_at(step, total, warmup, cfg.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            ok = guard.ok(step, losses["loss"])  # a NaN/inf step is skipped
+            guard.begin()
+            logs, step_loss = {}, torch.zeros((), device=device)
+            for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
+                keys = sample_keys(cfg.seed, step, idx_m)
+                x_m = x_m.to(device, non_blocking=True)  # B, 3, H, W in [0, 1]
+                (x_m,) = keyed_hflip(keys, x_m)  # horizontal flip: the only augmentation
+                if channels_last:
+                    x_m = x_m.contiguous(memory_format=torch.channels_last)
+                with autocast(device, cfg.precision):
+                    # frozen teacher, inference mode; clone() makes its outputs normal tensors
+                    targets = [f.clone() for f in teacher(x_m, keys)]
+                    with dist.no_sync(model, sync=m == cfg.accum_steps - 1):
+                        preds = model(x_m)
+                        losses = feature_distillation_loss(preds, targets, cfg.lambda_at)
+                        (losses["loss"] / cfg.accum_steps).backward()
+                step_loss += losses["loss"].detach().float()
+                for k, v in losses.items():
+                    logs[k] = logs.get(k, 0.0) + v.item() / cfg.accum_steps
+            ok = guard.ok(step, step_loss)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
             done = step + 1
-            if ok and (done % cfg.log_every == 0 or done == total):
-                run.log(
-                    {
-                        "step": done,
-                        "epoch": done / steps_per_epoch,
-                        "lr": lr,
-                        **{k: v.item() for k, v in losses.items()},
-                        "images_seen": done * cfg.batch_size,
-                        "time": time.time() - t0,
-                    }
-                )
+            if done % cfg.log_every == 0 or done == total:
+                logs = dist.mean_over_ranks(logs, env)  # every rank takes part
+                if ok:
+                    run.log(
+                        {
+                            "step": done,
+                            "epoch": done / steps_per_epoch,
+                            "lr": lr,
+                            **logs,
+                            "images_seen": done * global_batch,
+                            "time": time.time() - t0,
+                        }
+                    )
             if done % cfg.save_every == 0 or done == total:
                 run.save_checkpoint(
                     done,
@@ -122,19 +153,21 @@ def pretrain(cfg: PretrainConfig) -> Path:
                         **loop_state(sampler, total, warmup),
                     },
                 )
-    atomic_save(
-        {
-            "backbone": cfg.backbone,
-            "strides": cfg.strides,
-            "backbone_state": backbone.state_dict_for_export(),
-            "regressor_state": student.regressor.state_dict(),
-            "teacher_channels": teacher.channels,
-            "image_size": cfg.image_size,
-        },
-        run.dir / "final.pt",
-    )
-    print(
-        f"pretrained backbone in {run.dir / 'final.pt'}; export it with "
-        f"`dreamteacher export {run.dir} --out BB`"
-    )
+    if env.main:
+        atomic_save(
+            {
+                "backbone": cfg.backbone,
+                "strides": cfg.strides,
+                "backbone_state": backbone.state_dict_for_export(),
+                "regressor_state": student.regressor.state_dict(),
+                "teacher_channels": teacher.channels,
+                "image_size": cfg.image_size,
+            },
+            run.dir / "final.pt",
+        )
+        print(
+            f"pretrained backbone in {run.dir / 'final.pt'}; export it with "
+            f"`dreamteacher export {run.dir} --out BB`"
+        )
+    dist.teardown(env)
     return run.dir

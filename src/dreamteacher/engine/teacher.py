@@ -12,31 +12,25 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from dreamteacher.config import TeacherConfig
-from dreamteacher.data import ResumableBatchSampler, unlabeled_images
+from dreamteacher.data import Indexed, ResumableBatchSampler, unlabeled_images
+from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
     NonFiniteGuard,
     Run,
     atomic_json,
     atomic_write,
+    autocast,
     loop_state,
     lr_at,
+    make_loader,
+    micro_batches,
     progress,
-    resolve_device,
     seed_everything,
     set_rng_state,
 )
+from dreamteacher.engine.randomness import keyed_hflip, keyed_randint, keyed_randn, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.teachers.diffusion import build_scheduler, build_unet, sample_images
-
-
-def hflip_batch(x: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Flip each sample horizontally with p = 0.5 (the same flip for x and `others`)."""
-    flip = torch.rand(x.shape[0]) < 0.5
-    outs = []
-    for t in (x, *others):
-        f = flip.to(t.device).view(-1, *([1] * (t.ndim - 1)))
-        outs.append(torch.where(f, t.flip(-1), t))
-    return tuple(outs)
 
 
 @torch.no_grad()
@@ -49,23 +43,23 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 def train_teacher(cfg: TeacherConfig) -> Path:
     """Train the DDPM; writes RUN/unet (EMA, diffusers format), RUN/scheduler,
-    RUN/teacher.json, RUN/samples.png. Returns the run folder."""
-    device = resolve_device(cfg.device)
-    data = unlabeled_images(
-        cfg.data, cfg.image_size, cfg.splits, cfg.strict
-    )  # fails before any write
+    RUN/teacher.json, RUN/samples.png. Returns the run folder. Runs under torchrun too."""
+    env, device = dist.setup(cfg.device)
+    # checked before anything is written
+    data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
     unet_overrides = {
         "block_out_channels": cfg.block_out_channels,
         "layers_per_block": cfg.layers_per_block,
         "attention_levels": cfg.attention_levels,
     }
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # same init on every rank
     unet = build_unet(cfg.image_size, cfg.preset, **unet_overrides).to(device)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints)
+    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = build_scheduler(cfg.num_train_timesteps, cfg.beta_schedule)
     acp = scheduler.alphas_cumprod.to(device)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
 
     start = 0
     if cfg.resume and (state := run.load_checkpoint()) is not None:
@@ -74,58 +68,78 @@ def train_teacher(cfg: TeacherConfig) -> Path:
         opt.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
-        print(f"resumed {run.dir} at step {start}")
+        if env.main:
+            print(f"resumed {run.dir} at step {start}")
+    model = dist.wrap(unet, env, device)  # no BatchNorm in the UNet: nothing to sync
+    if cfg.compile:
+        model = torch.compile(model)
 
-    sampler = ResumableBatchSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.steps)
-    loader = torch.utils.data.DataLoader(
-        data,
-        batch_sampler=sampler,
-        num_workers=cfg.num_workers,
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )  # keeps the global RNG untouched
-    n_params = sum(p.numel() for p in unet.parameters())
-    print(
-        f"train-teacher: {len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, "
-        f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps, device {device}"
+    sampler = ResumableBatchSampler(
+        len(data),
+        cfg.batch_size * cfg.accum_steps,
+        cfg.seed,
+        start,
+        cfg.steps,
+        rank=env.rank,
+        world_size=env.world_size,
     )
-    unet.train()
+    loader = make_loader(Indexed(data), sampler, cfg.num_workers, device, cfg.seed)
+    if env.main:
+        n_params = sum(p.numel() for p in unet.parameters())
+        print(
+            f"train-teacher: {len(data)} images at {cfg.image_size[0]}x{cfg.image_size[1]}, "
+            f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps of global batch "
+            f"{global_batch}, device {device}"
+        )
+    model.train()
     guard = NonFiniteGuard(cfg.max_bad_steps, run, unet)
-    # the bar is closed (newline) even when a step raises
-    with progress(cfg.steps, start, "train-teacher") as bar:
+    with progress(cfg.steps, start, "train-teacher", disable=not env.main) as bar:
         t0 = time.time()
-        for step, x in zip(range(start, cfg.steps), loader):
-            x = hflip_batch(x.to(device, non_blocking=True))[0] * 2 - 1  # B, 3, H, W in [-1, 1]
-            noise = torch.randn_like(x)
-            t = torch.randint(0, cfg.num_train_timesteps, (x.shape[0],), device=device)
-            ab = acp[t].view(-1, 1, 1, 1)
-            xt = ab.sqrt() * x + (1 - ab).sqrt() * noise
-            guard.begin()
-            loss = F.mse_loss(unet(xt, t).sample, noise)  # epsilon prediction
+        for step, (idx, x) in zip(range(start, cfg.steps), loader):
             lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr, final_frac=0.1)
             for g in opt.param_groups:
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            guard.begin()
+            step_loss = torch.zeros((), device=device)
+            for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
+                keys = sample_keys(cfg.seed, step, idx_m)
+                (x_m,) = keyed_hflip(keys, x_m.to(device, non_blocking=True))
+                x0 = x_m * 2 - 1  # B, 3, H, W in [-1, 1]
+                noise = keyed_randn(keys, tuple(x0.shape[1:]), device)
+                t = keyed_randint(keys, cfg.num_train_timesteps).to(device)
+                ab = acp[t].view(-1, 1, 1, 1)
+                xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+                with (
+                    autocast(device, cfg.precision),
+                    dist.no_sync(model, sync=m == cfg.accum_steps - 1),
+                ):
+                    pred = model(xt, t).sample
+                    loss = F.mse_loss(pred.float(), noise)  # epsilon prediction
+                    (loss / cfg.accum_steps).backward()
+                step_loss += loss.detach() / cfg.accum_steps
             gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            ok = guard.ok(step, loss, gnorm)  # a NaN/inf step is skipped
+            ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
                 # EMA with warm-up, so short runs are not dominated by the random init
                 ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{step_loss.item():.4f}")
             done = step + 1
-            if ok and (done % cfg.log_every == 0 or done == cfg.steps):
-                run.log(
-                    {
-                        "step": done,
-                        "loss": loss.item(),
-                        "lr": lr,
-                        "grad_norm": gnorm.item(),
-                        "images_seen": done * cfg.batch_size,
-                        "time": time.time() - t0,
-                    }
-                )
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                logs = dist.mean_over_ranks({"loss": step_loss.item()}, env)
+                if ok:
+                    run.log(
+                        {
+                            "step": done,
+                            **logs,
+                            "lr": lr,
+                            "grad_norm": gnorm.item(),
+                            "images_seen": done * global_batch,
+                            "time": time.time() - t0,
+                        }
+                    )
             if done % cfg.save_every == 0 or done == cfg.steps:
                 run.save_checkpoint(
                     done,
@@ -136,21 +150,23 @@ def train_teacher(cfg: TeacherConfig) -> Path:
                         **loop_state(sampler, cfg.steps, cfg.warmup_steps),
                     },
                 )
-    save_teacher(run.dir, ema, scheduler, cfg)
-    grid = sample_images(
-        ema,
-        scheduler,
-        cfg.num_samples,
-        cfg.image_size,
-        cfg.sample_steps,
-        seed=cfg.seed,
-        device=device,
-    )
-    atomic_write(
-        run.dir / "samples.png",
-        lambda tmp: save_image(grid, tmp, nrow=int(cfg.num_samples**0.5), format="png"),
-    )
-    print(f"teacher saved to {run.dir / 'unet'}; samples in {run.dir / 'samples.png'}")
+    if env.main:
+        save_teacher(run.dir, ema, scheduler, cfg)
+        grid = sample_images(
+            ema,
+            scheduler,
+            cfg.num_samples,
+            cfg.image_size,
+            cfg.sample_steps,
+            seed=cfg.seed,
+            device=device,
+        )
+        atomic_write(
+            run.dir / "samples.png",
+            lambda tmp: save_image(grid, tmp, nrow=int(cfg.num_samples**0.5), format="png"),
+        )
+        print(f"teacher saved to {run.dir / 'unet'}; samples in {run.dir / 'samples.png'}")
+    dist.teardown(env)
     return run.dir
 
 

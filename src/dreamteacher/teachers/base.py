@@ -23,12 +23,13 @@ class Teacher(nn.Module):
     channels: list[int]
     strides: list[int]
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def features(self, x: torch.Tensor, keys: list[int] | None = None) -> list[torch.Tensor]:
+        """`keys`: optional per-sample ints that fix each sample's randomness."""
         raise NotImplementedError
 
     @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.features(x)
+    def forward(self, x: torch.Tensor, keys: list[int] | None = None) -> list[torch.Tensor]:
+        return self.features(x, keys)
 
     def train(self, mode: bool = True) -> Teacher:  # a teacher always stays in eval mode
         return super().train(False)

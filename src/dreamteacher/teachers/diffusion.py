@@ -166,8 +166,9 @@ class DiffusionTeacher(Teacher):
             out.append(f"stride {s}: " + (f"avg_pool({src})" if s in self.derived else src))
         return out
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x # B, 3, H, W in [0, 1] -> list of # B, C_l, H/s_l, W/s_l."""
+    def features(self, x: torch.Tensor, keys: list[int] | None = None) -> list[torch.Tensor]:
+        """x # B, 3, H, W in [0, 1] -> list of # B, C_l, H/s_l, W/s_l. With `keys` (one int per
+        sample) each sample's t and noise come from its key; else from the global RNG."""
         B, _, H, W = x.shape
         if H % self.min_divisor or W % self.min_divisor:
             raise UserError(
@@ -176,9 +177,16 @@ class DiffusionTeacher(Teacher):
             )
         x0 = x * 2 - 1
         ts = torch.tensor(self.t, device=x.device)
-        t = ts[torch.randint(len(self.t), (B,), device=x.device)]  # one t per sample
+        if keys is None:
+            t = ts[torch.randint(len(self.t), (B,), device=x.device)]  # one t per sample
+            noise = torch.randn_like(x0)
+        else:
+            from dreamteacher.engine.randomness import keyed_randint, keyed_randn
+
+            t = ts[keyed_randint(keys, len(self.t)).to(x.device)]
+            noise = keyed_randn(keys, tuple(x0.shape[1:]), x.device).to(x0.dtype)
         ab = self.alphas_cumprod.to(x.device)[t].view(B, 1, 1, 1)
-        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * torch.randn_like(x0)  # stochastic encoding
+        xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # stochastic encoding
         self._store = {}
         try:
             self.unet(xt, t)
