@@ -65,6 +65,7 @@ class PretrainConfig:
     backbone: str = "resnet50"
     image_size: list[int] | None = None  # default: the teacher's training resolution
     epochs: int = 100
+    max_steps: int | None = None  # stop (and end the lr schedule) after this many steps
     batch_size: int = 16
     lr: float = 4e-3
     weight_decay: float = 0.05

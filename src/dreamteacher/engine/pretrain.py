@@ -34,6 +34,32 @@ from dreamteacher.teachers import load_teacher
 from dreamteacher.teachers.diffusion import teacher_image_size
 
 
+def distill_forward_backward(
+    model: torch.nn.Module,
+    teacher: torch.nn.Module,
+    x: torch.Tensor,
+    keys: list[int],
+    device: torch.device,
+    lambda_at: float = 10.0,
+    precision: str = "auto",
+    channels_last: bool = False,
+    scale: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch of feature distillation: flip, teacher targets, student predictions,
+    L_feat, backward (gradients scaled by `scale`). x # B, 3, H, W in [0, 1], on any device."""
+    x = x.to(device, non_blocking=True)
+    (x,) = keyed_hflip(keys, x)  # horizontal flip: the only augmentation
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, precision):
+        # frozen teacher under inference mode; clone() makes its outputs normal tensors
+        targets = [f.clone() for f in teacher(x, keys)]
+        preds = model(x)
+        losses = feature_distillation_loss(preds, targets, lambda_at)
+        (losses["loss"] * scale).backward()
+    return losses
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
     """Distil; writes RUN/final.pt (backbone + regressor weights) and returns the run folder."""
     env, device = dist.setup(cfg.device)
@@ -65,6 +91,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
     steps_per_epoch = max(1, len(data) // global_batch)
     total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     start = 0
@@ -111,17 +139,18 @@ def pretrain(cfg: PretrainConfig) -> Path:
             logs, step_loss = {}, torch.zeros((), device=device)
             for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
                 keys = sample_keys(cfg.seed, step, idx_m)
-                x_m = x_m.to(device, non_blocking=True)  # B, 3, H, W in [0, 1]
-                (x_m,) = keyed_hflip(keys, x_m)  # horizontal flip: the only augmentation
-                if channels_last:
-                    x_m = x_m.contiguous(memory_format=torch.channels_last)
-                with autocast(device, cfg.precision):
-                    # frozen teacher, inference mode; clone() makes its outputs normal tensors
-                    targets = [f.clone() for f in teacher(x_m, keys)]
-                    with dist.no_sync(model, sync=m == cfg.accum_steps - 1):
-                        preds = model(x_m)
-                        losses = feature_distillation_loss(preds, targets, cfg.lambda_at)
-                        (losses["loss"] / cfg.accum_steps).backward()
+                with dist.no_sync(model, sync=m == cfg.accum_steps - 1):
+                    losses = distill_forward_backward(
+                        model,
+                        teacher,
+                        x_m,
+                        keys,
+                        device,
+                        cfg.lambda_at,
+                        cfg.precision,
+                        channels_last,
+                        scale=1 / cfg.accum_steps,
+                    )
                 step_loss += losses["loss"].detach().float()
                 for k, v in losses.items():
                     logs[k] = logs.get(k, 0.0) + v.item() / cfg.accum_steps

@@ -1,0 +1,106 @@
+"""Peak RSS of `pretrain` against the dataset's size (it must not grow with it).
+
+    python bench/memory.py [--sizes 1000 10000] [--steps 20] [--out FILE.json]
+
+For each size: generate that many 32x32 scenes, run `dreamteacher pretrain` for a fixed
+number of steps in a fresh process (random-init tiny teacher, resnet18), and read that
+process's own peak RSS (getrusage) at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+CHILD = """
+import resource, sys
+from dreamteacher.cli import main
+code = main(sys.argv[1:])
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+sys.exit(code)
+"""
+
+
+def make_teacher(out: Path, size: int) -> Path:
+    from dreamteacher.teachers import create_teacher
+
+    torch.manual_seed(0)
+    t = create_teacher("diffusion", image_size=[size, size], preset="tiny")
+    t.unet.save_pretrained(out / "unet")
+    t.scheduler.save_pretrained(out / "scheduler")
+    (out / "teacher.json").write_text(json.dumps({"type": "diffusion", "image_size": [size] * 2}))
+    return out
+
+
+def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int) -> dict:
+    from dreamteacher.data.synthetic import make_scenes
+
+    t = time.time()
+    data = make_scenes(tmp / f"data_{n}", n=n, image_size=(size, size), seed=0)
+    gen = time.time() - t
+    args = [
+        "pretrain",
+        "--data",
+        str(data / "images"),
+        "--teacher",
+        str(teacher),
+        "--backbone",
+        "resnet18",
+        "--out",
+        str(tmp / f"run_{n}"),
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        f"max_steps={steps}",
+        "epochs=1000",
+        "warmup_epochs=0",
+    ]
+    t = time.time()
+    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    kb = int(next(x for x in p.stdout.splitlines() if x.startswith("PEAK_RSS_KB")).split()[1])
+    return {
+        "images": n,
+        "steps": steps,
+        "peak_rss_mb": kb / 1024,
+        "run_s": time.time() - t,
+        "generate_s": gen,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--out", default="bench/results/memory.json")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        teacher = make_teacher(tmp / "teacher", args.image_size)
+        rows = [measure(n, args.steps, tmp, teacher, args.image_size) for n in args.sizes]
+    for r in rows:
+        print(
+            f"{r['images']:>7} images: peak RSS {r['peak_rss_mb']:7.1f} MB "
+            f"({r['steps']} steps in {r['run_s']:.1f} s)"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end at tiny sizes and report consistent figures."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script, *args):
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_throughput_quick(tmp_path):
+    out = tmp_path / "t.json"
+    p = _run("throughput.py", "--quick", "--device", "cpu", "--out", out)
+    r = json.loads(out.read_text())
+    s = r["seconds_per_batch"]
+    assert all(v > 0 for v in s.values())
+    assert abs(r["overhead_ratio"] - s["step"] / (s["teacher"] + s["student"])) < 1e-9
+    assert abs(r["images_per_s"]["step"] - r["settings"]["batch"] / s["step"]) < 1e-6
+    assert "overhead ratio" in p.stdout
+
+
+def test_memory_does_not_grow_with_dataset(tmp_path):
+    out = tmp_path / "m.json"
+    _run("memory.py", "--sizes", 40, 400, "--steps", 3, "--out", out)
+    small, large = json.loads(out.read_text())
+    assert small["images"] == 40 and large["images"] == 400
+    assert 100 < small["peak_rss_mb"] < 8000
+    assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
