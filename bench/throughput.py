@@ -157,11 +157,38 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
             opt.step()
             step_no[0] += 1
 
+        # the same step reading targets from a feature cache (K = 2 encodings per image)
+        from dreamteacher.teachers.cache import FeatureCache, build_cache
+
+        t = time.perf_counter()
+        cache_dir = build_cache(
+            teacher, data, Path(tmp) / "cache", draws=2, batch_size=B, device=device
+        )
+        t_build = time.perf_counter() - t
+        cache = FeatureCache(cache_dir, data)
+
+        def cached_step():
+            idx, x = next(batches)
+            opt.zero_grad(set_to_none=True)
+            distill_forward_backward(
+                student,
+                None,
+                x,
+                sample_keys(0, step_no[0], idx),
+                device,
+                channels_last=channels_last,
+                cache=cache,
+                indices=idx,
+            )
+            opt.step()
+            step_no[0] += 1
+
         it, wu = p["iters"], p["warmup"]
         t_data = _timeit(data_only, it, wu, device)
         t_teacher = _timeit(teacher_only, it, wu, device)
         t_student = _timeit(student_only, it, wu, device)
         t_step = _timeit(full_step, it, wu, device)
+        t_cached = _timeit(cached_step, it, wu, device)
 
         flops = None
         if device.type == "cuda":
@@ -181,14 +208,22 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
             "teacher": B / t_teacher,
             "student": B / t_student,
             "step": B / t_step,
+            "cached_step": B / t_cached,
         },
         "seconds_per_batch": {
             "data": t_data,
             "teacher": t_teacher,
             "student": t_student,
             "step": t_step,
+            "cached_step": t_cached,
         },
         "overhead_ratio": t_step / (t_teacher + t_student),
+        "cache": {
+            "speedup": t_step / t_cached,
+            "bytes_per_image": cache.meta["bytes_per_image"],
+            "draws": 2,
+            "build_s_per_image": t_build / p["images"],
+        },
         "teacher_share_of_step": t_teacher / t_step,
     }
     if flops is not None:
@@ -208,12 +243,17 @@ def format_result(r: dict) -> str:
         f"UNet, {r['settings']['image_size'][0]}x{r['settings']['image_size'][1]}, "
         f"batch {r['settings']['batch']})"
     ]
-    for k in ("data", "teacher", "student", "step"):
+    for k in ("data", "teacher", "student", "step", "cached_step"):
         lines.append(
-            f"  {k:<8} {ips[k]:9.1f} img/s   {r['seconds_per_batch'][k] * 1e3:8.1f} ms/batch"
+            f"  {k:<11} {ips[k]:9.1f} img/s   {r['seconds_per_batch'][k] * 1e3:8.1f} ms/batch"
         )
     lines.append(
         f"  overhead ratio step / (teacher + student) = {r['overhead_ratio']:.3f} (target <= 1.10)"
+    )
+    c = r["cache"]
+    lines.append(
+        f"  feature cache: step {c['speedup']:.2f}x faster, "
+        f"{c['bytes_per_image'] / 1024:.1f} KiB per image for {c['draws']} encodings"
     )
     if "achieved_tflops" in r:
         peak = r["peak_bf16_tflops"]

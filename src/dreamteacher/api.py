@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from dreamteacher import engine
-from dreamteacher.config import FinetuneConfig, PretrainConfig, TeacherConfig, build_config
+from dreamteacher.config import (
+    CacheConfig,
+    FinetuneConfig,
+    PretrainConfig,
+    TeacherConfig,
+    build_config,
+)
 from dreamteacher.export import export as _export
 
 
@@ -55,6 +61,22 @@ def pretrain(
         **kwargs,
     )
     return engine.pretrain(cfg)
+
+
+def cache_features(
+    data: str | None = None,
+    teacher: str | None = None,
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Store K teacher encodings per image for `pretrain(feature_cache=...)`."""
+    cfg = build_config(
+        CacheConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
+    )
+    return engine.cache_features(cfg)
 
 
 def export(run: str | Path, out: str | Path) -> Path:

@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--t", nargs="+", help="diffusion step(s) of the encoding")
 
+    p = sub.add_parser("cache-features", help="store teacher features once, for pretrain")
+    _common(p)
+    p.add_argument("--teacher", help="train-teacher run folder")
+    p.add_argument("--t", nargs="+", help="diffusion step(s) of the encoding")
+
     p = sub.add_parser("export", help="write the pretrained backbone as timm weights")
     p.add_argument("run", help="pretrain run folder")
     p.add_argument("--out", required=True, help="export folder")
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         kw = {k: getattr(args, k) for k in _FLAG_KEYS if getattr(args, k, None) is not None}
         fn = {
+            "cache-features": api.cache_features,
             "train-teacher": api.train_teacher,
             "pretrain": api.pretrain,
             "finetune": api.finetune,

@@ -75,6 +75,7 @@ class PretrainConfig:
     strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     lambda_at: float = 10.0
     regressor_channels: int = 256
+    feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -88,6 +89,24 @@ class PretrainConfig:
     resume: bool = False
     strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
     max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
+
+
+@dataclass
+class CacheConfig:
+    """`cache-features`: K teacher encodings per image, stored once for pretrain to reuse."""
+
+    data: str = ""
+    teacher: str = ""
+    out: str = ""
+    splits: list[str] | None = None
+    image_size: list[int] | None = None  # default: the teacher's training resolution
+    draws: int = 4  # encodings per image (odd draws are of the flipped image)
+    t: list[int] = field(default_factory=lambda: [50])
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"
+    strict: bool = False
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end at tiny sizes and report consistent figures."""
+
 import json
 import subprocess
 import sys
@@ -8,8 +9,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(script, *args):
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / script), *map(str, args)],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 
@@ -23,6 +29,8 @@ def test_throughput_quick(tmp_path):
     assert abs(r["overhead_ratio"] - s["step"] / (s["teacher"] + s["student"])) < 1e-9
     assert abs(r["images_per_s"]["step"] - r["settings"]["batch"] / s["step"]) < 1e-6
     assert "overhead ratio" in p.stdout
+    c = r["cache"]
+    assert abs(c["speedup"] - s["step"] / s["cached_step"]) < 1e-9 and c["bytes_per_image"] > 0
 
 
 def test_memory_does_not_grow_with_dataset(tmp_path):

@@ -31,6 +31,7 @@ from dreamteacher.errors import UserError
 from dreamteacher.losses import feature_distillation_loss
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from dreamteacher.teachers import load_teacher
+from dreamteacher.teachers.cache import FeatureCache
 from dreamteacher.teachers.diffusion import teacher_image_size
 
 
@@ -44,16 +45,28 @@ def distill_forward_backward(
     precision: str = "auto",
     channels_last: bool = False,
     scale: float = 1.0,
+    cache: FeatureCache | None = None,
+    indices: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One micro-batch of feature distillation: flip, teacher targets, student predictions,
-    L_feat, backward (gradients scaled by `scale`). x # B, 3, H, W in [0, 1], on any device."""
+    L_feat, backward (gradients scaled by `scale`). x # B, 3, H, W in [0, 1], on any device.
+    With a feature cache the targets (and the flip) come from one of the sample's cached
+    encodings instead of the teacher."""
     x = x.to(device, non_blocking=True)
-    (x,) = keyed_hflip(keys, x)  # horizontal flip: the only augmentation
+    if cache is not None:
+        cached, flips = cache.lookup(indices, keys)
+        f = flips.to(device).view(-1, 1, 1, 1)
+        x = torch.where(f, x.flip(-1), x)
+    else:
+        (x,) = keyed_hflip(keys, x)  # horizontal flip: the only augmentation
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
-        # frozen teacher under inference mode; clone() makes its outputs normal tensors
-        targets = [f.clone() for f in teacher(x, keys)]
+        if cache is not None:
+            targets = [t.to(device, non_blocking=True) for t in cached]
+        else:
+            # frozen teacher under inference mode; clone() makes its outputs normal tensors
+            targets = [f.clone() for f in teacher(x, keys)]
         preds = model(x)
         losses = feature_distillation_loss(preds, targets, lambda_at)
         (losses["loss"] * scale).backward()
@@ -66,6 +79,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if not cfg.teacher:
         raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
     teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides).to(device)  # frozen
+    cache = None
     if cfg.image_size is None:
         cfg.image_size = teacher_image_size(cfg.teacher)
         if cfg.image_size is None:
@@ -76,6 +90,14 @@ def pretrain(cfg: PretrainConfig) -> Path:
             f"{teacher.min_divisor}, the teacher UNet's total stride; pick a multiple of it"
         )
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
+    if cfg.feature_cache:
+        cache = FeatureCache(cfg.feature_cache, data)
+        if cache.channels != teacher.channels:
+            raise UserError(
+                f"feature cache {cfg.feature_cache} has channels {cache.channels}, "
+                f"the teacher {teacher.channels}; rebuild the cache"
+            )
+        teacher = teacher.cpu()  # not run: the cache supplies its features
     seed_everything(cfg.seed)  # same init on every rank
     backbone = Backbone(cfg.backbone, cfg.strides)
     student = Student(
@@ -150,6 +172,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                         cfg.precision,
                         channels_last,
                         scale=1 / cfg.accum_steps,
+                        cache=cache,
+                        indices=idx_m,
                     )
                 step_loss += losses["loss"].detach().float()
                 for k, v in losses.items():

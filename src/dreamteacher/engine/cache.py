@@ -1,0 +1,40 @@
+"""cache-features: run the teacher once over the images, K encodings each (teachers/cache.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreamteacher.config import CacheConfig, save_config
+from dreamteacher.data import unlabeled_images
+from dreamteacher.engine.common import resolve_device, track
+from dreamteacher.errors import UserError
+from dreamteacher.teachers import load_teacher
+from dreamteacher.teachers.cache import build_cache
+from dreamteacher.teachers.diffusion import teacher_image_size
+
+
+def cache_features(cfg: CacheConfig) -> Path:
+    device = resolve_device(cfg.device)
+    if not cfg.out:
+        raise UserError("no output folder; pass --out DIR")
+    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides).to(device)
+    size = cfg.image_size or teacher_image_size(cfg.teacher)
+    if size is None:
+        raise UserError("the teacher folder does not say its resolution; pass --image-size")
+    cfg.image_size = list(size)
+    data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
+    print(f"cache-features: {len(data)} images x {cfg.draws} encodings (t={cfg.t}) -> {cfg.out}")
+    out = build_cache(
+        teacher,
+        data,
+        cfg.out,
+        cfg.draws,
+        cfg.batch_size,
+        device,
+        cfg.seed,
+        meta={"teacher": str(cfg.teacher), "t": cfg.t, "image_size": cfg.image_size},
+        progress=lambda it: track(it, "cache"),
+    )
+    save_config(cfg, out / "config.yaml")
+    print(f"feature cache written to {out}; use it with `pretrain ... feature_cache={out}`")
+    return out
