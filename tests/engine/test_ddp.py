@@ -70,3 +70,65 @@ def test_ddp_matches_single_process(scenes, teacher_run, tmp_path):
     assert [r["step"] for r in lb] == [1, 2, 3, 4] and len(la) == len(lb)
     assert all(abs(x["loss"] - y["loss"]) < 1e-4 for x, y in zip(la, lb, strict=True))
     assert la[0]["images_seen"] == lb[0]["images_seen"] == 8
+
+
+def test_ddp_train_teacher_and_finetune(scenes, tmp_path):
+    """train-teacher under 2 ranks equals 1 process x 2 accumulation steps (the UNet has no
+    BatchNorm and no dropout); finetune under 2 ranks trains and evaluates once, on rank 0."""
+    from safetensors.torch import load_file
+
+    tt = [
+        "train-teacher",
+        "--data",
+        scenes,
+        "--image-size",
+        32,
+        "--steps",
+        3,
+        "--batch-size",
+        2,
+        "--device",
+        "cpu",
+        "splits=[train]",
+        "num_samples=1",
+        "sample_steps=1",
+    ]
+    _cli([*tt, "--out", tmp_path / "t1", "accum_steps=2"])
+    _cli(
+        [*tt, "--out", tmp_path / "t2"],
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+    )
+    a = load_file(tmp_path / "t1" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "t2" / "unet" / "diffusion_pytorch_model.safetensors")
+    from dreamteacher.teachers import build_unet
+
+    torch.manual_seed(0)
+    init = build_unet([32, 32], "tiny").state_dict()
+    moved = sum(((a[k] - init[k]) ** 2).sum() for k in a).sqrt().item()
+    diff = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt().item()
+    assert moved > 1e-2 and diff < 0.01 * moved, (diff, moved)
+
+    p = _cli(
+        [
+            "finetune",
+            "--data",
+            scenes,
+            "--backbone",
+            "resnet18",
+            "--image-size",
+            32,
+            "--steps",
+            2,
+            "--batch-size",
+            2,
+            "--device",
+            "cpu",
+            "--out",
+            tmp_path / "ft",
+            "head_channels=32",
+        ],
+        launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"),
+    )
+    assert p.stdout.count("mIoU") == 1  # printed by rank 0 only
+    m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert 0 <= m["miou"] <= 100 and m["labels"] == 16
