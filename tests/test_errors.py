@@ -170,3 +170,10 @@ def test_bad_device(tmp_path, capsys, scenes, flag):
         capsys,
     )
     assert code == 2 and "--device tpu" in err[0]
+
+
+def test_bad_demo_setting(capsys, tmp_path):
+    code, err = run_cli(["demo", "--out", str(tmp_path / "d"), "image_size=big"], capsys)
+    assert code == 2 and "demo setting 'image_size'" in err[0]
+    code, err = run_cli(["demo", "--out", str(tmp_path / "d"), "teacher_stepz=3"], capsys)
+    assert code == 2 and "unknown demo setting 'teacher_stepz'" in err[0]

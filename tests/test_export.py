@@ -78,3 +78,9 @@ def test_export_convnext_keys(tmp_path):
 def test_export_without_pretrain(tmp_path):
     with pytest.raises(UserError, match="final.pt not found"):
         dt.export(tmp_path, tmp_path / "bb")
+
+
+def test_export_of_a_corrupt_final(tmp_path):
+    (tmp_path / "final.pt").write_bytes(b"\x80\x04 truncated")
+    with pytest.raises(UserError, match="final.pt is unreadable"):
+        dt.export(tmp_path, tmp_path / "bb")

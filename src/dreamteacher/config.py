@@ -6,6 +6,7 @@ Every run folder gets the resolved config as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -180,7 +181,11 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif tp is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+    elif (
+        tp is str
+        and isinstance(value, (str, int, float, os.PathLike))
+        and not isinstance(value, bool)
+    ):
         return str(value)
     tname = getattr(tp, "__name__", str(tp))
     raise UserError(f"config key '{name}' must be {tname}, got {value!r}; fix its value")

@@ -41,7 +41,20 @@ def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
         from dreamteacher.errors import UserError
 
         raise UserError(f"unknown demo setting '{sorted(unknown)[0]}'; valid: {', '.join(s)}")
-    s.update({k: v for k, v in overrides.items() if v is not None})
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        want = type(s[k])
+        if want is list:
+            v = [v, v] if isinstance(v, int) else v
+            ok = isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v)
+        else:
+            ok = isinstance(v, want) or (want is float and isinstance(v, int))
+        if not ok or isinstance(v, bool) != (want is bool):
+            from dreamteacher.errors import UserError
+
+            raise UserError(f"demo setting '{k}' must be like {s[k]!r}, got {v!r}")
+        s[k] = v
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))

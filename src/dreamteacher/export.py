@@ -25,8 +25,14 @@ def export(run: str | Path, out: str | Path) -> Path:
     final = run / "final.pt"
     if not final.exists():
         raise UserError(f"{final} not found; finish `dreamteacher pretrain --out {run}` first")
-    state = torch.load(final, map_location="cpu", weights_only=False)
-    name = state["backbone"]
+    try:
+        state = torch.load(final, map_location="cpu", weights_only=False)
+        name = state["backbone"]
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file
+        raise UserError(
+            f"{final} is unreadable ({type(e).__name__}); re-run pretrain with "
+            "--resume to rewrite it"
+        ) from None
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False)
     missing, unexpected = model.load_state_dict(state["backbone_state"], strict=False)

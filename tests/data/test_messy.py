@@ -177,3 +177,36 @@ def test_bad_json_files(tmp_path):
     (d / "splits.json").write_text(json.dumps({"train": ["scene_00000", "ghost"]}))
     with pytest.raises(UserError, match="'ghost' which has no image"):
         MaskFolder(d)
+
+
+def test_exif_rotated_images_in_mask_folders(tmp_path):
+    """A mask may match the image as displayed (EXIF applied) or as stored; both work."""
+    d = _mask_folder(tmp_path)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees
+    for i, mask_size in (("scene_00000", (10, 20)), ("scene_00001", (20, 10))):
+        (d / "images" / f"{i}.png").unlink()
+        Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(d / "images" / f"{i}.jpg", exif=exif)
+        Image.fromarray(np.zeros(mask_size[::-1], np.uint8)).save(d / "masks" / f"{i}.png")
+    ds = MaskFolder(d).dataset(["scene_00000", "scene_00001"], [8, 8], full_res_masks=True)
+    assert ds.exif == {"scene_00000": True, "scene_00001": False}
+    assert ds[0][1].shape == (20, 10) and ds[1][1].shape == (10, 20)
+
+
+def test_json_of_the_wrong_shape(tmp_path):
+    d = _mask_folder(tmp_path)
+    (d / "splits.json").write_text(json.dumps({"train": 5}))
+    with pytest.raises(UserError, match="split 'train' must be a list"):
+        MaskFolder(d)
+    (d / "splits.json").unlink()
+    (d / "classes.json").write_text(json.dumps({"names": ["a", "b"], "ignore_index": "x"}))
+    with pytest.raises(UserError, match="ignore_index must be an integer"):
+        MaskFolder(d)
+
+
+def test_mask_folder_root_trains_on_its_images_only(tmp_path):
+    from dreamteacher.data import unlabeled_images
+
+    d = _mask_folder(tmp_path)
+    ds = unlabeled_images(d, [16, 16])
+    assert len(ds) == 4 and all(p.parent.name == "images" for p in ds.files)

@@ -2,6 +2,7 @@
 
 import errno
 import importlib
+import json
 
 import pytest
 import torch
@@ -115,3 +116,86 @@ def test_image_size_not_divisible_by_teacher_stride(scenes, teacher_run, tmp_pat
     with pytest.raises(UserError, match="not divisible by 16"):
         dt.pretrain(out=str(tmp_path / "p"), epochs=1, image_size=[40], **_kw(scenes, teacher_run))
     assert not (tmp_path / "p").exists()  # rejected before anything was written
+
+
+def test_real_disk_full_errors_from_torch_and_safetensors(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError and safetensors as SafetensorError:
+    both become the one-line message, the previous file kept."""
+    cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
+    run = common.Run(cfg.out, cfg, keep=0)  # keep=0 still keeps the newest
+    run.save_checkpoint(1, {"model": {"w": torch.ones(3)}})
+    run.save_checkpoint(2, {"model": {"w": torch.ones(3)}})
+    assert [p.name for p in run.checkpoints()] == ["step_00000002.pt"]
+
+    def full(obj, path):
+        raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed")
+
+    monkeypatch.setattr(common.torch, "save", full)
+    with pytest.raises(UserError, match=r"RuntimeError: .*PytorchStreamWriter.*nothing was"):
+        run.save_checkpoint(3, {"model": {}})
+    assert [p.name for p in run.checkpoints()] == ["step_00000002.pt"]
+
+
+class _NanShim:
+    """torch.nn.functional with one loss made NaN on chosen calls."""
+
+    def __init__(self, name, bad):
+        self.name, self.bad, self.n = name, bad, 0
+
+    def __getattr__(self, attr):
+        fn = getattr(torch.nn.functional, attr)
+        if attr != self.name:
+            return fn
+
+        def wrapped(*a, **k):
+            out = fn(*a, **k)
+            self.n += 1
+            return out * float("nan") if self.n - 1 in self.bad else out
+
+        return wrapped
+
+
+@pytest.mark.parametrize("kind", ["train-teacher", "finetune"])
+def test_nan_guard_in_teacher_and_finetune(kind, scenes, tmp_path, monkeypatch):
+    mod = importlib.import_module(
+        "dreamteacher.engine.teacher" if kind == "train-teacher" else "dreamteacher.engine.finetune"
+    )
+    shim = _NanShim("mse_loss" if kind == "train-teacher" else "cross_entropy", set(range(1, 99)))
+    monkeypatch.setattr(mod, "F", shim)
+    kw = dict(
+        data=str(scenes),
+        out=str(tmp_path / "r"),
+        image_size=[32],
+        batch_size=2,
+        device="cpu",
+        save_every=1,
+        max_bad_steps=2,
+    )
+    with (
+        pytest.warns(UserWarning, match="non-finite"),
+        pytest.raises(UserError, match=r"NaN/inf for 2 steps in a row \(up to step 3\)"),
+    ):
+        if kind == "train-teacher":
+            dt.train_teacher(steps=6, splits=["train"], **kw)
+        else:
+            dt.finetune(steps=6, backbone="resnet18", head_channels=32, **kw)
+    ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step_*.pt"))
+    a, b = (torch.load(p, weights_only=False)["model"] for p in ckpts[-2:])
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the skipped step changed nothing
+
+
+def test_resume_refuses_changed_settings_and_fresh_runs_reset_the_log(
+    scenes, teacher_run, tmp_path
+):
+    run = dt.pretrain(out=str(tmp_path / "p"), epochs=1, save_every=2, **_kw(scenes, teacher_run))
+    with pytest.raises(UserError, match=r"made with batch_size=4, now batch_size=8"):
+        dt.pretrain(
+            out=str(run), epochs=1, resume=True, **{**_kw(scenes, teacher_run), "batch_size": 8}
+        )
+    # a folder with a log but no checkpoint starts a fresh log
+    fresh = tmp_path / "f"
+    fresh.mkdir()
+    (fresh / "metrics.jsonl").write_text('{"step": 99, "loss": 1}\n')
+    dt.pretrain(out=str(fresh), epochs=1, **_kw(scenes, teacher_run))
+    steps = [json.loads(x)["step"] for x in (fresh / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

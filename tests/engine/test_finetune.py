@@ -48,3 +48,28 @@ def test_finetune_metrics_and_label_subset(scenes, tmp_path):
     ids = json.loads((tmp_path / "ft" / "labeled_ids.json").read_text())["ids"]
     test_ids = json.loads((scenes / "splits.json").read_text())["test"]
     assert len(ids) == 3 and not set(ids) & set(test_ids)
+
+
+def test_evaluation_with_images_of_different_sizes(scenes, tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "seg"
+    shutil.copytree(scenes, d)
+    test_ids = json.loads((d / "splits.json").read_text())["test"]
+    for i in test_ids[:2]:  # two test images (and masks) of another size
+        Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(d / "images" / f"{i}.png")
+        Image.fromarray(np.zeros((24, 40), np.uint8)).save(d / "masks" / f"{i}.png")
+    m = dt.finetune(
+        data=str(d),
+        out=str(tmp_path / "ft"),
+        backbone="resnet18",
+        steps=1,
+        batch_size=2,
+        image_size=[32],
+        head_channels=32,
+        device="cpu",
+    )
+    assert m["split"] == "test" and 0 <= m["miou"] <= 100

@@ -99,16 +99,25 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_rgb(path: str | Path, size: tuple[int, int] | None = None) -> Image.Image:
-    """Open any supported image as 8-bit RGB (EXIF orientation applied). With `size` (W, H), a
-    large JPEG is decoded at a reduced scale first (fast, low memory)."""
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(W, H) after EXIF orientation (tags 5-8 swap the axes)."""
+    w, h = im.size
+    return (h, w) if im.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def load_rgb(
+    path: str | Path, size: tuple[int, int] | None = None, exif: bool = True
+) -> Image.Image:
+    """Open any supported image as 8-bit RGB (EXIF orientation applied unless exif=False).
+    With `size` (W, H), a large JPEG is decoded at a reduced scale first (fast, low memory)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if size is not None and im.format == "JPEG":
                     im.draft("RGB", (size[0] * 2, size[1] * 2))
-                im = ImageOps.exif_transpose(im)
+                if exif:
+                    im = ImageOps.exif_transpose(im)
                 return _to_rgb(im)
     except _READ_ERRORS as e:
         raise UserError(
@@ -127,8 +136,11 @@ def unlabeled_images(
 ):
     """The pretraining images: every image under `data`, or, when `splits` is given and `data`
     is a mask folder, only the images listed in those splits (test images stay unseen)."""
+    root = Path(data)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        root = root / "images"  # a mask folder: its masks are not training images
     if not splits:
-        return ImageFolder(data, image_size, strict=strict)
+        return ImageFolder(root, image_size, strict=strict)
     from dreamteacher.data.segmentation import MaskFolder
 
     folder = MaskFolder(data, strict=strict)

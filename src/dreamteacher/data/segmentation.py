@@ -12,7 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamteacher.data.folder import IMAGE_EXTENSIONS, check_image, load_rgb, to_tensor, warn
+from dreamteacher.data.folder import (
+    IMAGE_EXTENSIONS,
+    check_image,
+    load_rgb,
+    oriented_size,
+    to_tensor,
+    warn,
+)
 from dreamteacher.errors import UserError
 
 
@@ -36,7 +43,7 @@ def _load_mask(path: Path) -> np.ndarray:
                     "holding class ids"
                 )
             return np.asarray(m, dtype=np.int64)
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise UserError(f"cannot read mask {path} ({type(e).__name__}); replace the file") from None
 
 
@@ -96,7 +103,10 @@ class MaskFolder:
             if not isinstance(meta, dict) or not isinstance(meta.get("names"), list):
                 raise UserError(f'{cls_file} needs {{"names": [...], "ignore_index": 255}}')
             self.class_names: list[str] = [str(n) for n in meta["names"]]
-            self.ignore_index = int(meta.get("ignore_index", 255))
+            ign = meta.get("ignore_index", 255)
+            if not isinstance(ign, int) or isinstance(ign, bool):
+                raise UserError(f"{cls_file}: ignore_index must be an integer, got {ign!r}")
+            self.ignore_index = ign
         else:
             self.ignore_index = 255
             ids: set[int] = set()
@@ -111,6 +121,8 @@ class MaskFolder:
                 raise UserError(f'{split_file} needs {{"train": [...], "test": [...]}}')
             self.splits = {}
             for name, ids in raw.items():
+                if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                    raise UserError(f"{split_file}: split '{name}' must be a list of id strings")
                 unknown = [i for i in ids if i not in images]
                 if unknown:
                     raise UserError(
@@ -167,15 +179,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.size = (int(image_size[0]), int(image_size[1]))
         self.full_res = full_res
         n_cls, ign = folder.num_classes, folder.ignore_index
+        self.exif: dict[str, bool] = {}  # apply the image's EXIF orientation?
+        self.mask_sizes: set[tuple[int, int]] = set()
         for i in self.ids:
             ip, mp = folder.images[i], folder.masks[i]
             with Image.open(ip) as im, Image.open(mp) as m:
-                isz, msz = im.size, m.size
-            if isz != msz:
+                isz, osz, msz = im.size, oriented_size(im), m.size
+            if msz not in (isz, osz):
                 raise UserError(
                     f"mask {mp} is {msz[0]}x{msz[1]} but its image {ip.name} is "
-                    f"{isz[0]}x{isz[1]}; resize the mask (nearest) to the image size"
+                    f"{osz[0]}x{osz[1]}; resize the mask (nearest) to the image size"
                 )
+            # a mask drawn on the EXIF-oriented image: orient the image; else use it as stored
+            self.exif[i] = msz == osz
+            self.mask_sizes.add(msz)
             if (self.folder.root / "classes.json").exists():
                 bad = set(np.unique(_load_mask(mp)).tolist()) - set(range(n_cls)) - {ign}
                 if bad:
@@ -190,7 +207,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = self.ids[k]
         h, w = self.size
-        im = load_rgb(self.folder.images[i]).resize((w, h), Image.BICUBIC)
+        im = load_rgb(self.folder.images[i], exif=self.exif[i]).resize((w, h), Image.BICUBIC)
         m = Image.fromarray(_load_mask(self.folder.masks[i]).astype(np.uint8))
         if not self.full_res:
             m = m.resize((w, h), Image.NEAREST)

@@ -93,11 +93,12 @@ def atomic_write(path: str | Path, write_fn) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except Exception as e:  # noqa: BLE001 - OSError, torch's RuntimeError, SafetensorError...
         _remove_quietly(tmp)
         kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+        why = getattr(e, "strerror", None) or f"{type(e).__name__}: {str(e).splitlines()[0]}"[:120]
         raise UserError(
-            f"could not write {path} ({e.strerror or type(e).__name__}); {kept}. Free disk "
+            f"could not write {path} ({why}); {kept}. Free disk "
             "space or fix the folder's permissions, then run again (with --resume)"
         ) from None
     except BaseException:
@@ -175,20 +176,21 @@ class Run:
         if not out:
             raise UserError("no output folder; pass --out DIR")
         self.dir = Path(out)
-        self.cfg, self.keep, self.rank = cfg, keep, rank
+        self.cfg, self.keep, self.rank = cfg, max(1, keep), rank
         self.ckpt_dir = self.dir / "checkpoints"
+        self.metrics_path = self.dir / "metrics.jsonl"
+        if self.checkpoints() and not getattr(cfg, "resume", False):  # checked on every rank
+            raise UserError(
+                f"{self.dir} already holds checkpoints of a run; pass --resume to continue "
+                "it, or choose another --out"
+            )
         if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
-            existing = self.checkpoints()
-            if existing and not getattr(cfg, "resume", False):
-                raise UserError(
-                    f"{self.dir} already holds checkpoints of a run; pass --resume to continue "
-                    "it, or choose another --out"
-                )
+            if not getattr(cfg, "resume", False):
+                self.metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
             save_config(cfg, self.dir / "config.yaml")
             for stale in self.ckpt_dir.glob(".*.tmp") if self.ckpt_dir.exists() else []:
                 stale.unlink(missing_ok=True)  # left by a run killed while writing
-        self.metrics_path = self.dir / "metrics.jsonl"
 
     def checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob("step_*.pt")) if self.ckpt_dir.exists() else []
@@ -220,9 +222,35 @@ class Run:
                     stacklevel=2,
                 )
                 continue
+            self._check_same_settings(state.get("config", {}), path)
             self._truncate_metrics(state["step"])
             return state
+        self._truncate_metrics(0)  # nothing to resume from: the run starts over
         return None
+
+    # settings that may change between a run and its resumption (they change no result)
+    _RESUMABLE = {
+        "resume",
+        "device",
+        "save_every",
+        "log_every",
+        "num_workers",
+        "out",
+        "keep_checkpoints",
+        "strict",
+        "max_bad_steps",
+        "compile",
+    }
+
+    def _check_same_settings(self, saved: dict[str, Any], path: Path) -> None:
+        now = asdict(self.cfg)
+        diff = [k for k in now if k not in self._RESUMABLE and k in saved and saved[k] != now[k]]
+        if diff:
+            k = diff[0]
+            raise UserError(
+                f"{path} was made with {k}={saved[k]!r}, now {k}={now[k]!r}; resume with the "
+                "same settings, or start a new run in another --out"
+            )
 
     def _truncate_metrics(self, step: int) -> None:
         if self.rank != 0 or not self.metrics_path.exists():

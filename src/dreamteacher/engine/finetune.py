@@ -148,7 +148,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
                     loss = F.cross_entropy(logits.float(), y_m, ignore_index=folder.ignore_index)
                     (loss / cfg.accum_steps).backward()
                 step_loss += loss.detach() / cfg.accum_steps
-            ok = guard.ok(step, step_loss)  # a NaN/inf step is skipped
+            # the gradients are all-reduced, so every rank takes the same decision
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
             bar.update(1)
@@ -172,9 +174,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
         return {}
     model = net
     train_time = time.time() - t0
-    cm = evaluate(
-        model, eval_set, folder.num_classes, folder.ignore_index, device, cfg.eval_batch_size
-    )
+    # masks are compared at full resolution: batch only when they all have one size
+    eval_bs = cfg.eval_batch_size if len(eval_set.mask_sizes) == 1 else 1
+    cm = evaluate(model, eval_set, folder.num_classes, folder.ignore_index, device, eval_bs)
     iou = iou_per_class(cm)
     metrics = {
         "miou": mean_iou(cm),

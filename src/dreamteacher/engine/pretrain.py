@@ -178,7 +178,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 step_loss += losses["loss"].detach().float()
                 for k, v in losses.items():
                     logs[k] = logs.get(k, 0.0) + v.item() / cfg.accum_steps
-            ok = guard.ok(step, step_loss)  # a NaN/inf step is skipped
+            # the gradients are all-reduced, so every rank takes the same decision
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
             bar.update(1)
