@@ -40,3 +40,25 @@ def test_memory_does_not_grow_with_dataset(tmp_path):
     assert small["images"] == 40 and large["images"] == 400
     assert 100 < small["peak_rss_mb"] < 8000
     assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
+
+
+def test_gpu_script_tiny_mode(tmp_path):
+    """bench/gpu.sh runs every stage it would run on a GPU, at tiny sizes on the CPU."""
+    import os
+
+    env = dict(os.environ, PYTHON=sys.executable)
+    p = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "g"), "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert set(res["miou"]) == {"dreamteacher", "scratch"}
+    assert all(0 <= v <= 100 for v in res["miou"].values())
+    assert res["throughput"]["overhead_ratio"] > 0
+    log = (tmp_path / "g" / "gpu.log").read_text()
+    for stage in ("throughput", "train-teacher", "pretrain", "export", "finetune scratch"):
+        assert stage in log

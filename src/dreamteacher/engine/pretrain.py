@@ -142,8 +142,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if env.main:
         print(
             f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); {len(data)} images "
-            f"at {cfg.image_size[0]}x{cfg.image_size[1]}, {cfg.epochs} epochs = {total} steps of "
-            f"global batch {global_batch} ({env.world_size} rank(s) x {cfg.batch_size} x "
+            f"at {cfg.image_size[0]}x{cfg.image_size[1]}, {total} steps "
+            f"({total / steps_per_epoch:g} epochs) of global batch {global_batch} "
+            f"({env.world_size} rank(s) x {cfg.batch_size} x "
             f"{cfg.accum_steps} accumulation), device {device}"
         )
         for line in getattr(teacher, "tap_description", lambda: [])():
