@@ -19,7 +19,26 @@ from dreamteacher.errors import UserError
 
 
 @dataclass
-class TeacherConfig:
+class RunOptions:
+    """Settings every training command shares (checkpoints, devices, DDP, input policy)."""
+
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
+    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    compile: bool = False  # torch.compile the trained model
+    seed: int = 0
+    device: str = "auto"
+    resume: bool = False
+    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
+    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
+
+
+@dataclass
+class TeacherConfig(RunOptions):
     """`train-teacher`: a DDPM (diffusers UNet2DModel + DDPMScheduler) on a folder of images."""
 
     data: str = ""
@@ -40,23 +59,10 @@ class TeacherConfig:
     beta_schedule: str = "linear"
     num_samples: int = 16  # images in the sample grid
     sample_steps: int = 50  # DDIM steps used to draw the sample grid
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
-    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
-    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the trained model
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
-    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunOptions):
     """`pretrain`: feature distillation of a teacher into a timm backbone (METHOD.md 1-3, 5)."""
 
     data: str = ""
@@ -77,19 +83,6 @@ class PretrainConfig:
     lambda_at: float = 10.0
     regressor_channels: int = 256
     feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
-    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
-    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the trained model
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
-    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 @dataclass
@@ -111,7 +104,7 @@ class CacheConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunOptions):
     """`finetune`: semantic segmentation with a UPerNet head, all weights trainable."""
 
     data: str = ""
@@ -128,19 +121,6 @@ class FinetuneConfig:
     head_channels: int = 256
     eval_split: str = "auto"  # test if present, else val
     eval_batch_size: int = 8
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
-    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
-    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the trained model
-    seed: int = 0
-    device: str = "auto"
-    resume: bool = False
-    strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
-    max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 C = TypeVar("C")

@@ -279,6 +279,27 @@ def progress(total: int, initial: int = 0, desc: str = "", disable: bool = False
     )
 
 
+def restore(
+    run: Run,
+    resume: bool,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    ema: torch.nn.Module | None = None,
+) -> int:
+    """With --resume, load the newest checkpoint into model, optimizer (and EMA) and restore
+    the RNG states; returns the step to continue from (0 for a fresh run)."""
+    if not resume or (state := run.load_checkpoint()) is None:
+        return 0
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    if run.rank == 0:
+        print(f"resumed {run.dir} at step {state['step']}")
+    return int(state["step"])
+
+
 def track(iterable, desc: str = ""):
     from tqdm.auto import tqdm
 

@@ -25,8 +25,8 @@ from dreamteacher.engine.common import (
     micro_batches,
     param_groups,
     progress,
+    restore,
     seed_everything,
-    set_rng_state,
     track,
 )
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
@@ -96,14 +96,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
 
-    start = 0
-    if cfg.resume and (state := run.load_checkpoint()) is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-        if env.main:
-            print(f"resumed {run.dir} at step {start}")
+    start = restore(run, cfg.resume, net, opt)
     if start == 0:
         seed_everything(cfg.seed + env.rank)  # dropout noise: its own stream per rank
     model = dist.wrap(net, env, device, cfg.sync_bn)

@@ -23,8 +23,8 @@ from dreamteacher.engine.common import (
     micro_batches,
     param_groups,
     progress,
+    restore,
     seed_everything,
-    set_rng_state,
 )
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
@@ -117,14 +117,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         total = min(total, cfg.max_steps)
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
-    start = 0
-    if cfg.resume and (state := run.load_checkpoint()) is not None:
-        student.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-        if env.main:
-            print(f"resumed {run.dir} at step {start}")
+    start = restore(run, cfg.resume, student, opt)
     model = dist.wrap(student, env, device, cfg.sync_bn)
     if cfg.compile:
         model = torch.compile(model)

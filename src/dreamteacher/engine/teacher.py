@@ -25,8 +25,8 @@ from dreamteacher.engine.common import (
     make_loader,
     micro_batches,
     progress,
+    restore,
     seed_everything,
-    set_rng_state,
 )
 from dreamteacher.engine.randomness import keyed_hflip, keyed_randint, keyed_randn, sample_keys
 from dreamteacher.errors import UserError
@@ -61,15 +61,7 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
 
-    start = 0
-    if cfg.resume and (state := run.load_checkpoint()) is not None:
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        start = state["step"]
-        if env.main:
-            print(f"resumed {run.dir} at step {start}")
+    start = restore(run, cfg.resume, unet, opt, ema)
     model = dist.wrap(unet, env, device)  # no BatchNorm in the UNet: nothing to sync
     if cfg.compile:
         model = torch.compile(model)
