@@ -147,10 +147,10 @@ def finetune(cfg: FinetuneConfig) -> dict:
             if ok:
                 opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss.item():.4f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done == cfg.steps:  # host syncs only when logging
                 logs = dist.mean_over_ranks({"loss": step_loss.item()}, env)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 if ok:
                     run.log({"step": done, **logs, "lr": lr, "time": time.time() - t0})
             if done % cfg.save_every == 0 or done == cfg.steps:

@@ -171,17 +171,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
                     )
                 step_loss += losses["loss"].detach().float()
                 for k, v in losses.items():
-                    logs[k] = logs.get(k, 0.0) + v.item() / cfg.accum_steps
+                    logs[k] = logs.get(k, 0.0) + v.detach() / cfg.accum_steps  # no sync
             # the gradients are all-reduced, so every rank takes the same decision
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
             ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == total:
-                logs = dist.mean_over_ranks(logs, env)  # every rank takes part
+            if done % cfg.log_every == 0 or done == total:  # host syncs only when logging
+                logs = dist.mean_over_ranks({k: v.item() for k, v in logs.items()}, env)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 if ok:
                     run.log(
                         {

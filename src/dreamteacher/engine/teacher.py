@@ -117,10 +117,10 @@ def train_teacher(cfg: TeacherConfig) -> Path:
                 # EMA with warm-up, so short runs are not dominated by the random init
                 ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss.item():.4f}")
             done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done == cfg.steps:  # host syncs only when logging
                 logs = dist.mean_over_ranks({"loss": step_loss.item()}, env)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
                 if ok:
                     run.log(
                         {
