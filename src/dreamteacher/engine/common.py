@@ -331,6 +331,24 @@ def make_loader(dataset, sampler, num_workers: int, device: torch.device, seed: 
     )
 
 
+def training_loader(dataset, cfg: Any, env: Any, device: torch.device, start: int, total: int):
+    """(sampler, loader) for a training loop: this rank's share of each global batch of
+    batch_size x accum_steps x world_size samples, from step `start` to `total`; items carry
+    their dataset index (it keys their randomness)."""
+    from dreamteacher.data import Indexed, ResumableBatchSampler
+
+    sampler = ResumableBatchSampler(
+        len(dataset),
+        cfg.batch_size * cfg.accum_steps,
+        cfg.seed,
+        start,
+        total,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+    return sampler, make_loader(Indexed(dataset), sampler, cfg.num_workers, device, cfg.seed)
+
+
 def micro_batches(accum: int, *tensors: torch.Tensor):
     """Split a rank's batch into `accum` interleaved micro-batches (m::accum), the same
     grouping a DDP run over `accum` ranks would see."""

@@ -51,10 +51,21 @@ def setup(device_name: str = "auto") -> tuple[DistEnv, torch.device]:
     return DistEnv(rank, world, local), device
 
 
-def wrap(model: nn.Module, env: DistEnv, device: torch.device, sync_bn: bool = False) -> nn.Module:
-    """DDP over `model` (no find_unused_parameters: every parameter gets a gradient)."""
-    if not env.enabled:
-        return model
+def wrap(
+    model: nn.Module,
+    env: DistEnv,
+    device: torch.device,
+    sync_bn: bool = False,
+    compile: bool = False,
+) -> nn.Module:
+    """DDP over `model` (no find_unused_parameters: every parameter gets a gradient), then
+    torch.compile when asked. One process: the model itself (compiled if asked)."""
+    if env.enabled:
+        model = _ddp(model, env, device, sync_bn)
+    return torch.compile(model) if compile else model
+
+
+def _ddp(model: nn.Module, env: DistEnv, device: torch.device, sync_bn: bool) -> nn.Module:
     if sync_bn:
         if device.type != "cuda":
             raise UserError("sync_bn=true needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamteacher.config import FinetuneConfig
-from dreamteacher.data import Indexed, MaskFolder, ResumableBatchSampler, select_labeled
+from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
     NonFiniteGuard,
@@ -21,13 +21,13 @@ from dreamteacher.engine.common import (
     autocast,
     loop_state,
     lr_at,
-    make_loader,
     micro_batches,
     param_groups,
     progress,
     restore,
     seed_everything,
     track,
+    training_loader,
 )
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
@@ -99,20 +99,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
     start = restore(run, cfg.resume, net, opt)
     if start == 0:
         seed_everything(cfg.seed + env.rank)  # dropout noise: its own stream per rank
-    model = dist.wrap(net, env, device, cfg.sync_bn)
-    if cfg.compile:
-        model = torch.compile(model)
+    model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
 
-    sampler = ResumableBatchSampler(
-        len(train_set),
-        cfg.batch_size * cfg.accum_steps,
-        cfg.seed,
-        start,
-        cfg.steps,
-        rank=env.rank,
-        world_size=env.world_size,
-    )
-    loader = make_loader(Indexed(train_set), sampler, cfg.num_workers, device, cfg.seed)
+    sampler, loader = training_loader(train_set, cfg, env, device, start, cfg.steps)
     if env.main:
         print(
             f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from dreamteacher.config import PretrainConfig
-from dreamteacher.data import Indexed, ResumableBatchSampler, unlabeled_images
+from dreamteacher.data import unlabeled_images
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
     NonFiniteGuard,
@@ -19,12 +19,12 @@ from dreamteacher.engine.common import (
     autocast,
     loop_state,
     lr_at,
-    make_loader,
     micro_batches,
     param_groups,
     progress,
     restore,
     seed_everything,
+    training_loader,
 )
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
@@ -118,20 +118,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
 
     start = restore(run, cfg.resume, student, opt)
-    model = dist.wrap(student, env, device, cfg.sync_bn)
-    if cfg.compile:
-        model = torch.compile(model)
+    model = dist.wrap(student, env, device, cfg.sync_bn, cfg.compile)
 
-    sampler = ResumableBatchSampler(
-        len(data),
-        cfg.batch_size * cfg.accum_steps,
-        cfg.seed,
-        start,
-        total,
-        rank=env.rank,
-        world_size=env.world_size,
-    )
-    loader = make_loader(Indexed(data), sampler, cfg.num_workers, device, cfg.seed)
+    sampler, loader = training_loader(data, cfg, env, device, start, total)
     if env.main:
         print(
             f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); {len(data)} images "

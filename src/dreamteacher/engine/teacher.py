@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 
 from dreamteacher.config import TeacherConfig
-from dreamteacher.data import Indexed, ResumableBatchSampler, unlabeled_images
+from dreamteacher.data import unlabeled_images
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
     NonFiniteGuard,
@@ -22,11 +22,11 @@ from dreamteacher.engine.common import (
     autocast,
     loop_state,
     lr_at,
-    make_loader,
     micro_batches,
     progress,
     restore,
     seed_everything,
+    training_loader,
 )
 from dreamteacher.engine.randomness import keyed_hflip, keyed_randint, keyed_randn, sample_keys
 from dreamteacher.errors import UserError
@@ -62,20 +62,10 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
 
     start = restore(run, cfg.resume, unet, opt, ema)
-    model = dist.wrap(unet, env, device)  # no BatchNorm in the UNet: nothing to sync
-    if cfg.compile:
-        model = torch.compile(model)
+    # no BatchNorm in the UNet: nothing to sync
+    model = dist.wrap(unet, env, device, sync_bn=False, compile=cfg.compile)
 
-    sampler = ResumableBatchSampler(
-        len(data),
-        cfg.batch_size * cfg.accum_steps,
-        cfg.seed,
-        start,
-        cfg.steps,
-        rank=env.rank,
-        world_size=env.world_size,
-    )
-    loader = make_loader(Indexed(data), sampler, cfg.num_workers, device, cfg.seed)
+    sampler, loader = training_loader(data, cfg, env, device, start, cfg.steps)
     if env.main:
         n_params = sum(p.numel() for p in unet.parameters())
         print(
