@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# One-GPU check: throughput bench + DreamTeacher vs scratch on CamVid, every output under OUT.
+# One-GPU check, every output under OUT: the label-efficient benchmark's gpu profile (all
+# methods, both protocols, N = 23/46/367, one seed; resnet50 at 256x320) and the throughput bench.
 #
-#   bench/gpu.sh OUT            # on a machine with one CUDA GPU, no network needed
-#   bench/gpu.sh OUT tiny       # the same steps at tiny sizes on the CPU (what the tests run)
+#   bench/gpu.sh OUT            # one CUDA GPU, no network needed (DATA=... for another folder)
+#   bench/gpu.sh OUT tiny       # the same commands at tiny sizes on the CPU (what the tests run)
 #
-# The gpu sizes below are a first guess, not yet timed on a GPU: the script logs each stage's
-# time (OUT/gpu.log, OUT/results.json) so the first GPU run can calibrate them to the 8-minute
-# budget. When the label-efficient benchmark (issue 3) lands, its gpu profile replaces the
-# pipeline part.
-set -euo pipefail
-OUT=${1:?usage: bench/gpu.sh OUT_DIR [tiny]}
+# Extra arguments after the mode are benchmark key=value overrides. OUT gets gpu.log (stage
+# times), results.json / results.md / miou_vs_labels.png (copied up from OUT/benchmark) and
+# throughput.json. The benchmark writes partial tables after every evaluation, so a run stopped
+# by a time limit still leaves what it finished; re-running resumes from its cached cells.
+set -uo pipefail
+OUT=${1:?usage: bench/gpu.sh OUT_DIR [gpu|tiny] [key=value ...]}
 MODE=${2:-gpu}
+shift $(($# < 2 ? $# : 2))
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
@@ -19,49 +21,29 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if [ "$MODE" = tiny ]; then
-  DEV=cpu; QUICK=--quick; H=32; W=32; PRESET=tiny; BB=resnet18
-  TSTEPS=4; EPOCHS=1; FSTEPS=2; BS=4; LABELS=4; SPLITS="[train]"
-  "$PY" -c "from dreamteacher.data.synthetic import make_scenes as m; m('$OUT/data', n=24, image_size=(32, 32), splits={'train': 0.67, 'test': 0.33})"
+  DEV=cpu; QUICK=--quick; PROFILE=smoke
+  "$PY" -c "from dreamteacher.data.synthetic import make_scenes as m; m('$OUT/data', n=30, image_size=(32, 48), splits={'train': 0.6, 'val': 0.1, 'test': 0.3})"
   DATA=$OUT/data
+  EXTRA=(labels=[4] methods=[scratch,dreamteacher,simclr])
 else
-  DEV=cuda; QUICK=; H=128; W=160; PRESET=small; BB=resnet50
-  TSTEPS=3000; EPOCHS=60; FSTEPS=1500; BS=64; LABELS=46; SPLITS="[train,val]"
+  DEV=cuda; QUICK=; PROFILE=gpu; EXTRA=()
 fi
 
 t0=$SECONDS
 stage() { echo "[$(date +%T) +$((SECONDS - t0))s] $*" | tee -a "$OUT/gpu.log"; }
-DT=("$PY" -m dreamteacher)
+rc=0
 
 stage "throughput ($DEV)"
-"$PY" bench/throughput.py --device "$DEV" $QUICK --out "$OUT/throughput.json" | tee -a "$OUT/gpu.log"
-
-stage "train-teacher"
-"${DT[@]}" train-teacher --data "$DATA" --out "$OUT/teacher" --image-size $H $W --preset $PRESET \
-  --steps $TSTEPS --batch-size $BS --device $DEV "splits=$SPLITS" lr=1e-3 num_samples=16 \
-  sample_steps=25 2>>"$OUT/stderr.log" | tee -a "$OUT/gpu.log"
-stage "pretrain"
-"${DT[@]}" pretrain --data "$DATA" --teacher "$OUT/teacher" --backbone $BB --out "$OUT/pretrain" \
-  --epochs $EPOCHS --batch-size $BS --device $DEV "splits=$SPLITS" warmup_epochs=2 \
-  2>>"$OUT/stderr.log" | tee -a "$OUT/gpu.log"
-stage "export"
-"${DT[@]}" export "$OUT/pretrain" --out "$OUT/backbone" | tee -a "$OUT/gpu.log"
-for WEIGHTS in "$OUT/backbone" scratch; do
-  NAME=$(basename "$WEIGHTS")
-  stage "finetune $NAME"
-  "${DT[@]}" finetune --data "$DATA" --backbone $BB --weights "$WEIGHTS" --out "$OUT/ft_$NAME" \
-    --labels $LABELS --image-size $H $W --steps $FSTEPS --batch-size 16 --device $DEV \
-    2>>"$OUT/stderr.log" | tee -a "$OUT/gpu.log"
+"$PY" bench/throughput.py --device "$DEV" $QUICK --out "$OUT/throughput.json" \
+  2>>"$OUT/stderr.log" | tee -a "$OUT/gpu.log" || rc=1
+stage "benchmark --profile $PROFILE ($DEV) on $DATA"
+"$PY" -m dreamteacher benchmark --profile "$PROFILE" --data "$DATA" --out "$OUT/benchmark" \
+  --device "$DEV" "${EXTRA[@]}" "$@" 2>>"$OUT/stderr.log" \
+  | tee -a "$OUT/gpu.log" || rc=1
+for f in results.json results.md miou_vs_labels.png; do
+  [ -f "$OUT/benchmark/$f" ] && cp "$OUT/benchmark/$f" "$OUT/$f"
 done
-stage "done"
+stage "benchmark done (rc=$rc)"
 
-"$PY" - "$OUT" "$((SECONDS - t0))" <<'PYEOF'
-import json, sys
-from pathlib import Path
-out, total = Path(sys.argv[1]), int(sys.argv[2])
-runs = {n: json.loads((out / f"ft_{n}" / "metrics.json").read_text())["miou"]
-        for n in ("backbone", "scratch")}
-res = {"miou": {"dreamteacher": runs["backbone"], "scratch": runs["scratch"]}, "total_s": total,
-       "throughput": json.loads((out / "throughput.json").read_text())}
-(out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-print(f"DreamTeacher {runs['backbone']:.1f} mIoU, scratch {runs['scratch']:.1f} mIoU, {total} s")
-PYEOF
+stage "done (rc=$rc) in $((SECONDS - t0)) s"
+exit $rc

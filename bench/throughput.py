@@ -58,7 +58,7 @@ PROFILES = {
         "backbone": "resnet50",
         "iters": 20,
         "warmup": 5,
-        "images": 2048,
+        "images": 256,
     },
 }
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from dreamteacher import engine
 from dreamteacher.config import (
+    BaselineConfig,
     CacheConfig,
     FinetuneConfig,
     PretrainConfig,
@@ -106,6 +107,51 @@ def finetune(
         **kwargs,
     )
     return engine.finetune(cfg)
+
+
+def pretrain_baseline(
+    data: str | None = None,
+    out: str | None = None,
+    *,
+    method: str | None = None,
+    backbone: str | None = None,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """Train a self-supervised baseline (simclr, mocov2, byol, densecl; needs lightly) on the
+    images under `data`; returns the run folder, which `export` turns into timm weights."""
+    from dreamteacher.engine.baseline import pretrain_baseline as _run
+
+    cfg = build_config(
+        BaselineConfig,
+        config,
+        overrides,
+        data=data,
+        out=out,
+        method=method,
+        backbone=backbone,
+        **kwargs,
+    )
+    return _run(cfg)
+
+
+def benchmark(
+    data: str | None = None,
+    out: str | None = None,
+    *,
+    profile: str = "cpu",
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> dict:
+    """The label-efficient benchmark (DreamTeacher vs baselines); returns results.json's
+    content. Finished cells in `out` are reused."""
+    from dreamteacher.benchmark.config import build_benchmark_config
+    from dreamteacher.benchmark.run import run_benchmark
+
+    cfg = build_benchmark_config(profile, config, overrides, data=data, out=out, **kwargs)
+    return run_benchmark(cfg)
 
 
 def demo(out: str = "runs/demo", **kwargs: Any) -> dict:

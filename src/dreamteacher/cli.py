@@ -4,6 +4,8 @@ dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=
 dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
 dreamteacher export RUN2 --out BB
 dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
+dreamteacher pretrain-baseline --method simclr|mocov2|byol|densecl --data DIR --out RUN2
+dreamteacher benchmark --data SEGDIR --out DIR [--profile smoke|cpu|gpu] [key=value ...]
 dreamteacher demo [--out DIR]
 """
 
@@ -81,6 +83,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, help="number of labelled training images")
     p.add_argument("--steps", type=int)
 
+    p = sub.add_parser("pretrain-baseline", help="a self-supervised baseline (needs lightly)")
+    _common(p)
+    p.add_argument("--method", help="simclr, mocov2, byol or densecl")
+    p.add_argument("--backbone", help="timm model name, e.g. resnet50")
+    p.add_argument("--epochs", type=int)
+
+    p = sub.add_parser("benchmark", help="label-efficient benchmark: DreamTeacher vs baselines")
+    p.add_argument("--data", help="mask folder (default ../shared/datasets/camvid)")
+    p.add_argument("--out", help="output folder (default runs/benchmark)")
+    p.add_argument("--profile", default="cpu", help="smoke, cpu or gpu")
+    p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument("--config", help="YAML file of benchmark keys")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="benchmark settings")
+
     p = sub.add_parser("demo", help="the whole pipeline on generated scenes (about 10 min)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--device", default=None)
@@ -108,6 +124,7 @@ _FLAG_KEYS = (
     "weights",
     "labels",
     "strict",
+    "method",
 )
 
 
@@ -143,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             api.export(args.run, args.out)
             return 0
+        if args.command == "benchmark":
+            api.benchmark(
+                args.data,
+                args.out,
+                profile=args.profile,
+                config=args.config,
+                overrides=args.overrides,
+                device=args.device,
+            )
+            return 0
         if args.command == "demo":
             api.demo(args.out, device=args.device, **parse_overrides(args.overrides))
             return 0
@@ -152,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             "train-teacher": api.train_teacher,
             "pretrain": api.pretrain,
             "finetune": api.finetune,
+            "pretrain-baseline": api.pretrain_baseline,
         }[args.command]
         fn(config=args.config, overrides=args.overrides, **kw)
         return 0

@@ -121,6 +121,29 @@ class FinetuneConfig(RunOptions):
     head_channels: int = 256
     eval_split: str = "auto"  # test if present, else val
     eval_batch_size: int = 8
+    freeze_backbone: bool = False  # train the head only (a readout of the pretrained features)
+
+
+@dataclass
+class BaselineConfig(RunOptions):
+    """`pretrain-baseline`: a self-supervised baseline (SimCLR, MoCo v2, BYOL, DenseCL) from the
+    lightly library, trained on the same images at the same size; output exports like pretrain."""
+
+    data: str = ""
+    out: str = ""
+    method: str = "simclr"  # simclr | mocov2 | byol | densecl
+    splits: list[str] | None = None
+    backbone: str = "resnet50"
+    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    epochs: int = 100
+    max_steps: int | None = None
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    temperature: float | None = None  # default: the method's (SimCLR 0.5, MoCo/DenseCL 0.2)
+    memory_bank: int | None = None  # MoCo/DenseCL queue; default min(4096, half the images)
+    momentum: float = 0.99  # start of the cosine momentum schedule (MoCo, BYOL, DenseCL) -> 1
 
 
 C = TypeVar("C")

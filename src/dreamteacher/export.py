@@ -55,7 +55,7 @@ def export(run: str | Path, out: str | Path) -> Path:
             "num_classes": model.num_classes,
             "num_features": model.num_features,
             "untrained_keys": sorted(missing),
-            "method": "dreamteacher",
+            "method": state.get("method", "dreamteacher"),
             "feature_strides": state["strides"],
             "image_size": state["image_size"],
             "source_run": str(run.resolve()),

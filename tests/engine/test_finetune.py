@@ -73,3 +73,30 @@ def test_evaluation_with_images_of_different_sizes(scenes, tmp_path):
         device="cpu",
     )
     assert m["split"] == "test" and 0 <= m["miou"] <= 100
+
+
+def test_frozen_protocol_trains_the_head_only(exported, scenes, tmp_path):
+    """freeze_backbone: backbone weights and BatchNorm statistics stay as exported; the head
+    changes."""
+    dt.finetune(
+        data=str(scenes),
+        out=str(tmp_path / "fz"),
+        backbone="resnet18",
+        weights=str(exported),
+        labels=4,
+        image_size=[32],
+        steps=3,
+        batch_size=2,
+        head_channels=32,
+        freeze_backbone=True,
+        device="cpu",
+    )
+    trained = torch.load(tmp_path / "fz" / "model.pt", weights_only=False)
+    start = build_segmenter("resnet18", str(exported), num_classes=5, ch=32).state_dict()
+    bb = [k for k in start if k.startswith("backbone.")]
+    head = [k for k in start if k.startswith("head.") and start[k].is_floating_point()]
+    assert any("running_mean" in k for k in bb)
+    assert all(torch.equal(trained[k], start[k]) for k in bb)
+    assert any(not torch.equal(trained[k], start[k]) for k in head)
+    metrics = json.loads((tmp_path / "fz" / "metrics.json").read_text())
+    assert metrics["freeze_backbone"] is True

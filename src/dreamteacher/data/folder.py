@@ -192,6 +192,10 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        return to_tensor(self.pil(i))  # 3, H, W
+
+    def pil(self, i: int) -> Image.Image:
+        """Image i as RGB PIL at (H, W); an undecodable file is replaced by the next one."""
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
             if j in self._bad:
@@ -204,6 +208,5 @@ class ImageFolder(torch.utils.data.Dataset):
                 self._bad.add(j)
                 warn(f"skipping {self.files[j]} from now on: {e}")
                 continue
-            im = im.resize((self.size[1], self.size[0]), Image.BICUBIC)
-            return to_tensor(im)  # 3, H, W
+            return im.resize((self.size[1], self.size[0]), Image.BICUBIC)
         raise UserError(f"no image in {self.root} could be decoded; check the files")

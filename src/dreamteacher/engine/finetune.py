@@ -86,6 +86,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     eval_set = folder.dataset(folder.splits[split], cfg.image_size, full_res_masks=True)
     seed_everything(cfg.seed)  # same init on every rank
     net = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes, cfg.head_channels)
+    if cfg.freeze_backbone:
+        net.freeze_backbone()
     net = net.to(device)
     run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
     if env.main:
@@ -94,6 +96,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             run.dir / "labeled_ids.json",
         )
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    trainable = [p for p in net.parameters() if p.requires_grad]
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
 
     start = restore(run, cfg.resume, net, opt)
@@ -104,7 +107,8 @@ def finetune(cfg: FinetuneConfig) -> dict:
     sampler, loader = training_loader(train_set, cfg, env, device, start, cfg.steps)
     if env.main:
         print(
-            f"finetune: {cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
+            f"finetune{' (frozen backbone)' if cfg.freeze_backbone else ''}: "
+            f"{cfg.backbone} ({cfg.weights}) on {len(train_ids)} labelled images, "
             f"{folder.num_classes} classes, {cfg.steps} steps of global batch {global_batch} at "
             f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
         )
@@ -131,7 +135,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                     (loss / cfg.accum_steps).backward()
                 step_loss += loss.detach() / cfg.accum_steps
             # the gradients are all-reduced, so every rank takes the same decision
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+            gnorm = torch.nn.utils.clip_grad_norm_(trainable, float("inf"))
             ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
             if ok:
                 opt.step()
@@ -172,6 +176,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         "backbone": cfg.backbone,
         "weights": cfg.weights,
         "steps": cfg.steps,
+        "freeze_backbone": cfg.freeze_backbone,
         "image_size": cfg.image_size,
         "train_time_s": train_time,
         "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1) * 100),

@@ -29,10 +29,26 @@ class UPerHead(nn.Module):
 
 
 class Segmenter(nn.Module):
+    """backbone + UPerHead. `freeze_backbone()` makes it a readout: the backbone's weights and
+    BatchNorm statistics stay fixed and only the head trains."""
+
     def __init__(self, backbone: nn.Module, num_classes: int, ch: int = 256):
         super().__init__()
         self.backbone = backbone
         self.head = UPerHead(backbone.channels, num_classes, ch)
+        self.frozen = False
+
+    def freeze_backbone(self) -> Segmenter:
+        self.frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+        return self
+
+    def train(self, mode: bool = True) -> Segmenter:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # BatchNorm uses (and keeps) the pretrained statistics
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x # B, 3, H, W in [0, 1] -> logits # B, K, H, W."""

@@ -1,0 +1,1 @@
+"""Baselines run in the same harness: self-supervised methods from lightly (ssl.py)."""

@@ -1,0 +1,71 @@
+"""Cached benchmark cells: a teacher, a pretrained backbone, or one evaluation run.
+
+A cell's folder is named by a hash of everything that determines its result (its settings
+and the keys of the cells it builds on), so re-running after a change recomputes only the
+cells the change touches. A finished cell has `cell.json`; an unfinished one is resumed from
+its run's checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dreamteacher.engine.common import atomic_json
+
+
+def cell_key(params: dict[str, Any]) -> str:
+    """Stable 10-hex-digit hash of a cell's settings (JSON, keys sorted)."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+
+
+class Cells:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.computed: list[str] = []  # names of the cells run (not cached) this time
+
+    def folder(self, name: str, params: dict[str, Any]) -> Path:
+        return self.root / f"{name}-{cell_key(params)}"
+
+    def get(
+        self,
+        name: str,
+        params: dict[str, Any],
+        fn: Callable[[Path], dict[str, Any]],
+        cleanup: list[str] = (),
+    ) -> dict[str, Any]:
+        """The cell's record: read from `cell.json`, or computed by `fn(folder)` (which must
+        resume from whatever the folder holds) and then saved. `cleanup` names files or
+        folders inside the cell deleted once it is done (checkpoints, say)."""
+        d = self.folder(name, params)
+        done = d / "cell.json"
+        if done.exists():
+            try:
+                return {**json.loads(done.read_text()), "folder": str(d)}  # moved folders work
+            except json.JSONDecodeError:
+                pass  # written atomically, so only a hand edit gets here: recompute
+        d.mkdir(parents=True, exist_ok=True)
+        t = time.time()
+        result = fn(d)
+        record = {
+            "name": name,
+            "key": cell_key(params),
+            "folder": str(d),
+            "params": params,
+            "wall_s": time.time() - t,
+            **result,
+        }
+        atomic_json(record, done)
+        for c in cleanup:
+            p = d / c
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+        self.computed.append(name)
+        return record

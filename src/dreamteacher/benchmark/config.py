@@ -1,0 +1,130 @@
+"""The label-efficient benchmark's settings and its three profiles (smoke, cpu, gpu).
+
+Precedence: dataclass defaults < profile < YAML file < keyword arguments < key=value overrides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dreamteacher.config import _apply, normalize_size, parse_overrides
+from dreamteacher.errors import UserError
+
+ALL_METHODS = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
+PROTOCOLS = ["finetune", "frozen"]
+
+
+@dataclass
+class BenchmarkConfig:
+    """`benchmark`: every method pretrained on the same unlabeled images, then evaluated with N
+    labelled images for each N, seed and protocol; mIoU on the test split."""
+
+    data: str = "../shared/datasets/camvid"
+    out: str = "runs/benchmark"
+    profile: str = "cpu"
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    labels: list[int] = field(default_factory=lambda: [23, 46, 367])  # N >= train size = all
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # which images are labelled
+    pretrain_splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    backbone: str = "resnet18"
+    image_size: list[int] = field(default_factory=lambda: [64, 80])  # H, W for every stage
+    device: str = "auto"
+    precision: str = "auto"
+    # teacher (dreamteacher only)
+    teacher_preset: str = "tiny"
+    teacher_steps: int = 1500
+    teacher_batch_size: int = 16
+    teacher_lr: float = 1e-3
+    # student pretraining, the same epochs and batch for every method
+    pretrain_epochs: int = 30
+    pretrain_max_steps: int | None = None
+    pretrain_batch_size: int = 16
+    dt_lr: float = 4e-3
+    dt_t: list[int] = field(default_factory=lambda: [50])
+    ssl_lr: float = 2e-3
+    # evaluation: one recipe per protocol, the same for every method
+    finetune_steps: int = 200
+    finetune_lr: float = 1e-3
+    frozen_steps: int = 200
+    frozen_lr: float = 1e-3
+    finetune_batch_size: int = 8
+    head_channels: int = 128  # UPerNet head width
+    eval_batch_size: int = 8
+    keep_weights: bool = False  # keep each evaluation's model.pt and checkpoints
+    cells_dir: str = ""  # where finished cells are cached (default OUT/cells); share it
+    # between output folders to reuse cells, e.g. a probe of one setting on a subset
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # the harness end to end in a few minutes on 2 CPU cores, on any mask folder
+    "smoke": {
+        "image_size": [32, 48],
+        "labels": [8],
+        "seeds": [0],
+        "teacher_steps": 20,
+        "teacher_batch_size": 8,
+        "pretrain_epochs": 1,
+        "pretrain_max_steps": 4,
+        "pretrain_batch_size": 8,
+        "finetune_steps": 10,
+        "frozen_steps": 10,
+    },
+    # resnet18 at 64x80 on 2 CPU cores, in the background (docs/benchmarks.md has the timing)
+    "cpu": {},
+    # resnet50 at 256x320 on one H100/H200, sized for gpu.sh's 8 minutes from a partial H200
+    # run (docs/benchmarks.md): the pretraining there took about 60 s per 560 steps per method
+    "gpu": {
+        "backbone": "resnet50",
+        "image_size": [256, 320],
+        "seeds": [0],
+        "teacher_steps": 800,
+        "teacher_batch_size": 32,
+        "pretrain_epochs": 12,
+        "pretrain_batch_size": 32,
+        "finetune_steps": 120,
+        "frozen_steps": 120,
+        "finetune_batch_size": 16,
+        "eval_batch_size": 16,
+    },
+}
+
+
+def build_benchmark_config(
+    profile: str = "cpu",
+    config_file: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> BenchmarkConfig:
+    if profile not in PROFILES:
+        raise UserError(f"unknown profile '{profile}'; pick one of {', '.join(PROFILES)}")
+    cfg = BenchmarkConfig(profile=profile)
+    _apply(cfg, PROFILES[profile], f"profile {profile}")
+    if config_file:
+        path = Path(config_file)
+        if not path.exists():
+            raise UserError(f"config file {path} not found; check the --config path")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must hold a mapping of key: value")
+        _apply(cfg, data, str(path))
+    _apply(cfg, {k: v for k, v in kwargs.items() if v is not None}, "arguments")
+    if overrides:
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        _apply(cfg, ov, "overrides")
+    cfg.image_size = normalize_size(cfg.image_size)
+    bad = [m for m in cfg.methods if m not in ALL_METHODS]
+    if bad:
+        raise UserError(f"unknown method '{bad[0]}'; pick from {', '.join(ALL_METHODS)}")
+    bad = [p for p in cfg.protocols if p not in PROTOCOLS]
+    if bad:
+        raise UserError(f"unknown protocol '{bad[0]}'; pick from {', '.join(PROTOCOLS)}")
+    if not cfg.labels or min(cfg.labels) <= 0:
+        raise UserError(f"labels must be positive numbers of images, got {cfg.labels}")
+    if not cfg.seeds:
+        raise UserError("seeds is empty; give at least one, e.g. seeds=[0]")
+    return cfg

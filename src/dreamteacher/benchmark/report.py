@@ -1,0 +1,100 @@
+"""Benchmark results: mean ± std over seeds, the Markdown tables and the mIoU-vs-labels plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
+    """{(method, protocol, labels): {mean, std, n}} over seeds; std is the sample standard
+    deviation (n - 1), 0 for a single seed."""
+    groups: dict[tuple[str, str, int], list[float]] = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["protocol"], int(r["labels"])), []).append(r["miou"])
+    out = {}
+    for k, v in groups.items():
+        mean = sum(v) / len(v)
+        var = sum((x - mean) ** 2 for x in v) / (len(v) - 1) if len(v) > 1 else 0.0
+        out[k] = {"mean": mean, "std": math.sqrt(var), "n": len(v)}
+    return out
+
+
+def _order(values, preferred):
+    return [m for m in preferred if m in values] + sorted(set(values) - set(preferred))
+
+
+def results_table(runs: list[dict[str, Any]], methods: list[str] | None = None) -> str:
+    """One Markdown table per protocol: a row per method, a column per N, `mean ± std`; the
+    best mean of each column in bold."""
+    agg = aggregate(runs)
+    methods = _order({k[0] for k in agg}, methods or [])
+    lines = []
+    for protocol in _order({k[1] for k in agg}, ["finetune", "frozen"]):
+        ns = sorted({k[2] for k in agg if k[1] == protocol})
+        best = {
+            n: max(agg[(m, protocol, n)]["mean"] for m in methods if (m, protocol, n) in agg)
+            for n in ns
+        }
+        lines += [
+            f"**{protocol}** (test mIoU %, mean ± std over seeds)",
+            "",
+            "| method | " + " | ".join(f"N = {n}" for n in ns) + " |",
+            "|---|" + "---|" * len(ns),
+        ]
+        for m in methods:
+            cells = []
+            for n in ns:
+                a = agg.get((m, protocol, n))
+                if a is None:
+                    cells.append("-")
+                    continue
+                s = f"{a['mean']:.1f} ± {a['std']:.1f}"
+                cells.append(f"**{s}**" if a["mean"] == best[n] else s)
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cost_table(costs: list[dict[str, Any]]) -> str:
+    lines = ["| stage | wall time (s) | images seen |", "|---|---|---|"]
+    for c in costs:
+        lines.append(f"| {c['stage']} | {c['wall_s']:.0f} | {c['images_seen']:,} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: str | Path, methods: list[str] | None = None) -> Path:
+    """miou_vs_labels.png: one panel per protocol, one line per method with std error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(runs)
+    protocols = _order({k[1] for k in agg}, ["finetune", "frozen"])
+    methods = _order({k[0] for k in agg}, methods or [])
+    fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4), squeeze=False)
+    for ax, protocol in zip(axes[0], protocols):
+        for m in methods:
+            ns = sorted(k[2] for k in agg if k[0] == m and k[1] == protocol)
+            if not ns:
+                continue
+            ys = [agg[(m, protocol, n)]["mean"] for n in ns]
+            es = [agg[(m, protocol, n)]["std"] for n in ns]
+            style = {"linewidth": 2.5, "zorder": 3} if m == "dreamteacher" else {}
+            ax.errorbar(ns, ys, yerr=es, marker="o", capsize=3, label=m, **style)
+        ax.set_xscale("log")
+        ns_all = sorted({k[2] for k in agg if k[1] == protocol})
+        ax.set_xticks(ns_all, [str(n) for n in ns_all])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled training images (N)")
+        ax.set_ylabel("test mIoU (%)")
+        ax.set_title(protocol)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

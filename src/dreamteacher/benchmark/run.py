@@ -1,0 +1,318 @@
+"""`dreamteacher benchmark`: the label-efficient segmentation benchmark (METHOD.md §6).
+
+  teacher ──> dreamteacher pretrain ─┐
+  simclr / mocov2 / byol / densecl ──┼─> for protocol, N, seed: finetune/frozen -> test mIoU
+  scratch ───────────────────────────┘
+
+Every method uses the same backbone, resolution, pretraining epochs and batch, and sees only
+the `pretrain_splits` images (train and val); test images are used for evaluation only.
+Each stage is a cached cell (cells.py). Writes OUT/results.json, results.md,
+miou_vs_labels.png and OUT/subsets/ (the labelled ids per N and seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dreamteacher import api
+from dreamteacher.benchmark.cells import Cells
+from dreamteacher.benchmark.config import BenchmarkConfig
+from dreamteacher.benchmark.report import aggregate, cost_table, plot, results_table
+from dreamteacher.config import save_config
+from dreamteacher.data import MaskFolder, select_labeled
+from dreamteacher.engine.common import atomic_json, atomic_write
+from dreamteacher.errors import UserError
+
+
+def labelled_subsets(folder: MaskFolder, labels: list[int], seeds: list[int]) -> dict:
+    """{(N, seed): ids}: N train images picked by seed (the whole train split when N >= its
+    size). Checked to be disjoint from the evaluation split."""
+    train = folder.splits.get("train") or []
+    if not train:
+        raise UserError(f"{folder.root}/splits.json has no train ids; add a 'train' list")
+    held_out = set(folder.splits.get(folder.eval_split("auto"), []))
+    both = sorted(set(train) & held_out)
+    if both:
+        raise UserError(
+            f"{folder.root}/splits.json lists {both[0]} in both train and the evaluation "
+            "split; make the splits disjoint"
+        )
+    return {(n, s): select_labeled(train, n, s) for n in labels for s in seeds}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    folder = MaskFolder(cfg.data)
+    subsets = labelled_subsets(folder, cfg.labels, cfg.seeds)
+    for (n, s), ids in subsets.items():
+        atomic_json({"labels": n, "seed": s, "ids": ids}, out / "subsets" / f"N{n}_seed{s}.json")
+    cells = Cells(cfg.cells_dir or out / "cells")
+    data = str(Path(cfg.data).resolve())
+    size = list(cfg.image_size)
+    base = {"data": data, "image_size": size, "device": cfg.device, "precision": cfg.precision}
+    run_opts = {"device": cfg.device, "precision": cfg.precision, "resume": True}
+    t_start = time.time()
+    costs: list[dict[str, Any]] = []
+
+    # 1. the teacher
+    weights: dict[str, str] = {"scratch": "scratch"}
+    pre_keys: dict[str, str] = {"scratch": "scratch"}
+    if "dreamteacher" in cfg.methods:
+        tp = {
+            **base,
+            "splits": cfg.pretrain_splits,
+            "preset": cfg.teacher_preset,
+            "steps": cfg.teacher_steps,
+            "batch_size": cfg.teacher_batch_size,
+            "lr": cfg.teacher_lr,
+        }
+
+        def train_teacher(d: Path) -> dict:
+            api.train_teacher(
+                data=data,
+                out=str(d / "run"),
+                splits=cfg.pretrain_splits,
+                image_size=size,
+                preset=cfg.teacher_preset,
+                steps=cfg.teacher_steps,
+                batch_size=cfg.teacher_batch_size,
+                lr=cfg.teacher_lr,
+                warmup_steps=min(100, cfg.teacher_steps // 10),
+                save_every=max(1, cfg.teacher_steps // 5),
+                **run_opts,
+            )
+            return {"images_seen": cfg.teacher_steps * cfg.teacher_batch_size}
+
+        print(f"benchmark: teacher ({cfg.teacher_preset}, {cfg.teacher_steps} steps)")
+        teacher = cells.get("teacher", tp, train_teacher, cleanup=["run/checkpoints"])
+        costs.append({"stage": "teacher (train-teacher)", **_cost(teacher)})
+
+    # 2. pretraining, the same epochs and batch for every method
+    common = {
+        **base,
+        "backbone": cfg.backbone,
+        "splits": cfg.pretrain_splits,
+        "epochs": cfg.pretrain_epochs,
+        "max_steps": cfg.pretrain_max_steps,
+        "batch_size": cfg.pretrain_batch_size,
+    }
+    for method in cfg.methods:
+        if method == "scratch":
+            continue
+        if method == "dreamteacher":
+            pp = {**common, "teacher": teacher["key"], "lr": cfg.dt_lr, "t": cfg.dt_t}
+
+            def fn(d: Path, teacher_dir=Path(teacher["folder"]) / "run") -> dict:
+                run = api.pretrain(
+                    data=data,
+                    teacher=str(teacher_dir),
+                    out=str(d / "run"),
+                    splits=cfg.pretrain_splits,
+                    backbone=cfg.backbone,
+                    image_size=size,
+                    epochs=cfg.pretrain_epochs,
+                    max_steps=cfg.pretrain_max_steps,
+                    batch_size=cfg.pretrain_batch_size,
+                    lr=cfg.dt_lr,
+                    t=cfg.dt_t,
+                    warmup_epochs=1.0,
+                    save_every=200,
+                    **run_opts,
+                )
+                api.export(run, d / "backbone")
+                return {"images_seen": _images_seen(run)}
+
+        else:
+            pp = {**common, "method": method, "lr": cfg.ssl_lr}
+
+            def fn(d: Path, method=method) -> dict:
+                run = api.pretrain_baseline(
+                    data=data,
+                    out=str(d / "run"),
+                    method=method,
+                    splits=cfg.pretrain_splits,
+                    backbone=cfg.backbone,
+                    image_size=size,
+                    epochs=cfg.pretrain_epochs,
+                    max_steps=cfg.pretrain_max_steps,
+                    batch_size=cfg.pretrain_batch_size,
+                    lr=cfg.ssl_lr,
+                    warmup_epochs=1.0,
+                    save_every=200,
+                    **run_opts,
+                )
+                api.export(run, d / "backbone")
+                return {"images_seen": _images_seen(run)}
+
+        print(f"benchmark: pretrain {method}")
+        rec = cells.get(f"pretrain-{method}", pp, fn, cleanup=["run/checkpoints"])
+        weights[method] = str(Path(rec["folder"]) / "backbone")
+        pre_keys[method] = rec["key"]
+        costs.append({"stage": f"{method} pretraining", **_cost(rec)})
+
+    # 3. evaluation: every method x protocol x N x seed
+    runs = []
+    jobs = [
+        (m, p, n, s)
+        for p in cfg.protocols
+        for n in cfg.labels
+        for s in cfg.seeds
+        for m in cfg.methods
+    ]
+    for k, (method, protocol, n, seed) in enumerate(jobs, 1):
+        frozen = protocol == "frozen"
+        steps = cfg.frozen_steps if frozen else cfg.finetune_steps
+        lr = cfg.frozen_lr if frozen else cfg.finetune_lr
+        ep = {
+            **base,
+            "backbone": cfg.backbone,
+            "pretrained": pre_keys[method],
+            "protocol": protocol,
+            "labels": n,
+            "seed": seed,
+            "steps": steps,
+            "lr": lr,
+            "batch_size": cfg.finetune_batch_size,
+            "head_channels": cfg.head_channels,
+        }
+
+        def fn(d: Path, method=method, n=n, seed=seed, steps=steps, lr=lr, frozen=frozen):
+            m = api.finetune(
+                data=data,
+                out=str(d / "run"),
+                backbone=cfg.backbone,
+                weights=weights[method],
+                labels=n,
+                seed=seed,
+                image_size=size,
+                steps=steps,
+                lr=lr,
+                batch_size=cfg.finetune_batch_size,
+                head_channels=cfg.head_channels,
+                warmup_steps=min(50, steps // 10),
+                freeze_backbone=frozen,
+                eval_batch_size=cfg.eval_batch_size,
+                save_every=max(1, steps // 2),
+                **run_opts,
+            )
+            return {"miou": m["miou"], "per_class_iou": m["per_class_iou"]}
+
+        cleanup = [] if cfg.keep_weights else ["run/checkpoints", "run/model.pt"]
+        rec = cells.get(f"eval-{method}-{protocol}-N{n}-seed{seed}", ep, fn, cleanup=cleanup)
+        runs.append(
+            {
+                "method": method,
+                "protocol": protocol,
+                "labels": n,
+                "labelled_images": len(subsets[(n, seed)]),
+                "seed": seed,
+                "miou": rec["miou"],
+                "per_class_iou": rec["per_class_iou"],
+                "wall_s": rec["wall_s"],
+                "cell": rec["folder"],
+            }
+        )
+        print(
+            f"benchmark [{k}/{len(jobs)}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
+            f"mIoU {rec['miou']:.1f}"
+        )
+        if k < len(jobs):  # partial tables while it runs (and if it is stopped)
+            write_results(out, cfg, runs, costs, cells, t_start, final=False)
+    return write_results(out, cfg, runs, costs, cells, t_start, final=True)
+
+
+def write_results(
+    out: Path,
+    cfg: BenchmarkConfig,
+    runs: list[dict[str, Any]],
+    costs: list[dict[str, Any]],
+    cells: Cells,
+    t_start: float,
+    final: bool,
+) -> dict[str, Any]:
+    """results.json and results.md (and, when final, the plot) from the runs so far."""
+    agg = aggregate(runs)
+    results = {
+        "complete": final,
+        "config": dataclasses.asdict(cfg),
+        "commit": _commit(),
+        "device": _device_name(cfg.device),
+        "runs": runs,
+        "summary": [{"method": m, "protocol": p, "labels": n, **v} for (m, p, n), v in agg.items()],
+        "costs": costs,
+        "cells_computed": len(cells.computed),
+        "wall_s": time.time() - t_start,
+    }
+    atomic_json(results, out / "results.json")
+    text = format_results(results)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
+    if final:
+        plot(runs, out / "miou_vs_labels.png", cfg.methods)
+        print("\n" + text)
+    return results
+
+
+def format_results(r: dict[str, Any]) -> str:
+    c = r["config"]
+    head = (
+        f"# Label-efficient segmentation benchmark ({c['profile']} profile)\n\n"
+        f"{c['backbone']} at {c['image_size'][0]}x{c['image_size'][1]} on {c['data']}; "
+        f"{c['pretrain_epochs']} pretraining epochs for every method; seeds {c['seeds']}; "
+        f"device {r['device']}; commit {r['commit']}.\n\n"
+    )
+    if not r["complete"]:
+        head += f"**Partial**: {len(r['runs'])} evaluation runs so far.\n\n"
+    runs_md = results_table(r["runs"], c["methods"])
+    return (
+        head
+        + runs_md
+        + "\n**cost** (wall time of the last computation of each cell)\n\n"
+        + cost_table(r["costs"])
+        + f"\n\n{r['cells_computed']} cells computed in this invocation, "
+        f"{r['wall_s']:.0f} s in all.\n"
+    )
+
+
+def _cost(rec: dict[str, Any]) -> dict[str, Any]:
+    return {"wall_s": rec["wall_s"], "images_seen": rec["images_seen"]}
+
+
+def _images_seen(run: Path) -> int:
+    last = 0
+    path = Path(run) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                last = max(last, int(json.loads(line).get("images_seen", 0)))
+            except (json.JSONDecodeError, ValueError):
+                continue
+    return last
+
+
+def _device_name(device: str) -> str:
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
