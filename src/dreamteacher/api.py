@@ -147,8 +147,8 @@ def benchmark(
 ) -> dict:
     """The label-efficient benchmark (DreamTeacher vs baselines); returns results.json's
     content. Finished cells in `out` are reused."""
-    from dreamteacher.benchmark.config import build_benchmark_config
-    from dreamteacher.benchmark.run import run_benchmark
+    from dreamteacher.benchmarking.config import build_benchmark_config
+    from dreamteacher.benchmarking.run import run_benchmark
 
     cfg = build_benchmark_config(profile, config, overrides, data=data, out=out, **kwargs)
     return run_benchmark(cfg)

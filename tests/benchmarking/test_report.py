@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dreamteacher.benchmark.report import aggregate, cost_table, plot, results_table
+from dreamteacher.benchmarking.report import aggregate, cost_table, plot, results_table
 
 
 def _runs():

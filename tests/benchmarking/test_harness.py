@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from dreamteacher.benchmark.cells import Cells, cell_key
-from dreamteacher.benchmark.config import build_benchmark_config
-from dreamteacher.benchmark.run import labelled_subsets
+from dreamteacher.benchmarking.cells import Cells, cell_key
+from dreamteacher.benchmarking.config import build_benchmark_config
+from dreamteacher.benchmarking.run import labelled_subsets
 from dreamteacher.data import MaskFolder
 from dreamteacher.errors import UserError
 

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 from dreamteacher import api
-from dreamteacher.benchmark.cells import Cells
-from dreamteacher.benchmark.config import BenchmarkConfig
-from dreamteacher.benchmark.report import aggregate, cost_table, plot, results_table
+from dreamteacher.benchmarking.cells import Cells
+from dreamteacher.benchmarking.config import BenchmarkConfig
+from dreamteacher.benchmarking.report import aggregate, cost_table, plot, results_table
 from dreamteacher.config import save_config
 from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.engine.common import atomic_json, atomic_write
