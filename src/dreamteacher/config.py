@@ -230,10 +230,15 @@ def build_config(
     cls: type[C],
     config_file: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    defaults_from: tuple[str, dict[str, Any]] | None = None,
     **kwargs: Any,
 ) -> C:
-    """Resolve a config: defaults, then the YAML file, then kwargs (not None), then overrides."""
+    """Resolve a config: defaults, then `defaults_from` (named values, e.g. a benchmark
+    profile), then the YAML file, then kwargs (not None), then overrides."""
     cfg = cls()
+    if defaults_from is not None:
+        _apply(cfg, defaults_from[1], defaults_from[0])
     if config_file:
         path = Path(config_file)
         try:

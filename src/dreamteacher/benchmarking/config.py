@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from dreamteacher.config import _apply, normalize_size, parse_overrides
+from dreamteacher.config import build_config
 from dreamteacher.errors import UserError
 
 ALL_METHODS = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
@@ -102,21 +100,14 @@ def build_benchmark_config(
 ) -> BenchmarkConfig:
     if profile not in PROFILES:
         raise UserError(f"unknown profile '{profile}'; pick one of {', '.join(PROFILES)}")
-    cfg = BenchmarkConfig(profile=profile)
-    _apply(cfg, PROFILES[profile], f"profile {profile}")
-    if config_file:
-        path = Path(config_file)
-        if not path.exists():
-            raise UserError(f"config file {path} not found; check the --config path")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise UserError(f"config file {path} must hold a mapping of key: value")
-        _apply(cfg, data, str(path))
-    _apply(cfg, {k: v for k, v in kwargs.items() if v is not None}, "arguments")
-    if overrides:
-        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-        _apply(cfg, ov, "overrides")
-    cfg.image_size = normalize_size(cfg.image_size)
+    cfg = build_config(
+        BenchmarkConfig,
+        config_file,
+        overrides,
+        defaults_from=(f"profile {profile}", PROFILES[profile]),
+        profile=profile,
+        **kwargs,
+    )
     bad = [m for m in cfg.methods if m not in ALL_METHODS]
     if bad:
         raise UserError(f"unknown method '{bad[0]}'; pick from {', '.join(ALL_METHODS)}")

@@ -17,6 +17,7 @@ import json
 import platform
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,53 +120,38 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "max_steps": cfg.pretrain_max_steps,
         "batch_size": cfg.pretrain_batch_size,
     }
+    pre_kw = {  # the same for every method
+        "data": data,
+        "splits": cfg.pretrain_splits,
+        "backbone": cfg.backbone,
+        "image_size": size,
+        "epochs": cfg.pretrain_epochs,
+        "max_steps": cfg.pretrain_max_steps,
+        "batch_size": cfg.pretrain_batch_size,
+        "warmup_epochs": 1.0,
+        "save_every": 200,
+        **run_opts,
+    }
     for method in cfg.methods:
         if method == "scratch":
             continue
         if method == "dreamteacher":
             pp = {**common, "teacher": teacher["key"], "lr": cfg.dt_lr, "t": cfg.dt_t}
-
-            def fn(d: Path, teacher_dir=Path(teacher["folder"]) / "run") -> dict:
-                run = api.pretrain(
-                    data=data,
-                    teacher=str(teacher_dir),
-                    out=str(d / "run"),
-                    splits=cfg.pretrain_splits,
-                    backbone=cfg.backbone,
-                    image_size=size,
-                    epochs=cfg.pretrain_epochs,
-                    max_steps=cfg.pretrain_max_steps,
-                    batch_size=cfg.pretrain_batch_size,
-                    lr=cfg.dt_lr,
-                    t=cfg.dt_t,
-                    warmup_epochs=1.0,
-                    save_every=200,
-                    **run_opts,
-                )
-                api.export(run, d / "backbone")
-                return {"images_seen": _images_seen(run)}
-
+            train = partial(
+                api.pretrain,
+                teacher=str(Path(teacher["folder"]) / "run"),
+                lr=cfg.dt_lr,
+                t=cfg.dt_t,
+                **pre_kw,
+            )
         else:
             pp = {**common, "method": method, "lr": cfg.ssl_lr}
+            train = partial(api.pretrain_baseline, method=method, lr=cfg.ssl_lr, **pre_kw)
 
-            def fn(d: Path, method=method) -> dict:
-                run = api.pretrain_baseline(
-                    data=data,
-                    out=str(d / "run"),
-                    method=method,
-                    splits=cfg.pretrain_splits,
-                    backbone=cfg.backbone,
-                    image_size=size,
-                    epochs=cfg.pretrain_epochs,
-                    max_steps=cfg.pretrain_max_steps,
-                    batch_size=cfg.pretrain_batch_size,
-                    lr=cfg.ssl_lr,
-                    warmup_epochs=1.0,
-                    save_every=200,
-                    **run_opts,
-                )
-                api.export(run, d / "backbone")
-                return {"images_seen": _images_seen(run)}
+        def fn(d: Path, train=train) -> dict:
+            run = train(out=str(d / "run"))
+            api.export(run, d / "backbone")
+            return {"images_seen": _images_seen(run)}
 
         print(f"benchmark: pretrain {method}")
         rec = cells.get(f"pretrain-{method}", pp, fn, cleanup=["run/checkpoints"])
