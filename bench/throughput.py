@@ -137,7 +137,7 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
         def student_only():
             opt.zero_grad(set_to_none=True)
             with autocast(device):
-                loss = feature_distillation_loss(student(xd), targets)["loss"]
+                loss = feature_distillation_loss(student(xd).features, targets)["loss"]
             loss.backward()
             opt.step()
 

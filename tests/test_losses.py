@@ -8,9 +8,13 @@ import torch
 from dreamteacher.losses import (
     at_level,
     attention_map,
+    dice_loss,
     feature_distillation_loss,
+    label_distillation_loss,
     match_size,
+    mix_distillation_loss,
     mse_level,
+    segmentation_loss,
     whiten,
 )
 
@@ -84,3 +88,89 @@ def test_teacher_resized_bilinearly_to_student():
     r = match_size(t, torch.zeros(1, 1, 2, 2))
     assert r.shape == (1, 1, 2, 2)
     assert r[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
+
+
+# label distillation (METHOD.md section 4)
+
+
+def _softmax(v):
+    e = [math.exp(x) for x in v]
+    return [x / sum(e) for x in e]
+
+
+@pytest.mark.parametrize("tau_squared", [True, False])
+def test_label_distillation_hand_value(tau_squared):
+    """Two pixels, three classes: H(softmax(z_t / 4), softmax(z_s / 4)), mean over pixels."""
+    zs = [[1.0, 2.0, 0.0], [0.0, 0.0, 4.0]]
+    zt = [[3.0, -1.0, 0.0], [2.0, 2.0, 2.0]]
+    tau = 4.0
+    hs = []
+    for s, t in zip(zs, zt, strict=True):
+        ps, pt = _softmax([v / tau for v in s]), _softmax([v / tau for v in t])
+        hs.append(-sum(a * math.log(b) for a, b in zip(pt, ps, strict=True)))
+    expect = sum(hs) / 2 * (tau**2 if tau_squared else 1)
+    # B=1, K=3, H=1, W=2
+    s = torch.tensor(zs).T.reshape(1, 3, 1, 2)
+    t = torch.tensor(zt).T.reshape(1, 3, 1, 2)
+    got = label_distillation_loss(s, t, tau=tau, tau_squared=tau_squared)
+    assert got.item() == pytest.approx(expect, rel=1e-6)
+
+
+def test_label_distillation_temperature_and_gradient_scale():
+    """Softer targets at higher tau; with tau^2 the gradient keeps its size as tau grows
+    (without it, it shrinks about as 1/tau^2)."""
+    torch.manual_seed(0)
+    zt = torch.randn(2, 5, 4, 4)
+    zs0 = zt + 0.1 * torch.randn(2, 5, 4, 4)
+    norms = {}
+    for tau in (2.0, 8.0):
+        for sq in (True, False):
+            zs = zs0.clone().requires_grad_(True)
+            label_distillation_loss(zs, zt, tau=tau, tau_squared=sq).backward()
+            norms[(tau, sq)] = zs.grad.norm().item()
+    assert norms[(8.0, True)] == pytest.approx(norms[(2.0, True)], rel=0.15)
+    assert norms[(8.0, False)] < 0.1 * norms[(2.0, False)]
+
+
+def test_label_distillation_is_minimal_at_the_teacher_and_resizes():
+    zt = torch.randn(1, 4, 2, 2)
+    at_teacher = label_distillation_loss(zt.clone(), zt)
+    assert at_teacher < label_distillation_loss(zt + torch.randn_like(zt), zt)
+    # a stride-4 teacher map against an 8x8 student map: bilinear resize, no error
+    assert label_distillation_loss(torch.zeros(1, 4, 8, 8), zt).isfinite()
+
+
+def test_dice_hand_value_and_ignore():
+    # K=2, one row of 3 pixels; the third is ignored
+    logits = torch.tensor([[[[0.0, 0.0, 5.0]], [[0.0, math.log(3.0), -5.0]]]])
+    target = torch.tensor([[[0, 1, 255]]])
+    p1 = [0.5, 0.75]  # P(class 1) at the two valid pixels
+    p0 = [0.5, 0.25]
+    d0 = (2 * 0.5 + 1) / (sum(p0) + 1 + 1)  # class 0: truth at pixel 0
+    d1 = (2 * 0.75 + 1) / (sum(p1) + 1 + 1)  # class 1: truth at pixel 1
+    assert dice_loss(logits, target).item() == pytest.approx(1 - (d0 + d1) / 2, rel=1e-5)
+    perfect = torch.tensor([[[[20.0, -20.0]], [[-20.0, 20.0]]]])
+    assert dice_loss(perfect, torch.tensor([[[0, 1]]]), eps=0.0).item() == pytest.approx(
+        0, abs=1e-6
+    )
+
+
+def test_segmentation_loss_is_ce_plus_3_dice():
+    logits, target = torch.randn(2, 4, 5, 5), torch.randint(0, 4, (2, 5, 5))
+    out = segmentation_loss(logits, target)
+    ce = torch.nn.functional.cross_entropy(logits, target)
+    assert out["loss"].item() == pytest.approx((ce + 3 * dice_loss(logits, target)).item())
+
+
+def test_mix_is_feature_plus_lambda_label():
+    torch.manual_seed(0)
+    preds = [torch.randn(2, 4, 4, 4)]
+    targets = [torch.randn(2, 4, 4, 4)]
+    zs, zt = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    feat = feature_distillation_loss(preds, targets)["loss"]
+    ld = label_distillation_loss(zs, zt)
+    mix = mix_distillation_loss(preds, targets, zs, zt, lambda_ld=0.5)
+    assert mix["loss"].item() == pytest.approx((feat + 0.5 * ld).item(), rel=1e-6)
+    assert mix_distillation_loss(preds, targets)["loss"].item() == pytest.approx(feat.item())
+    label_only = mix_distillation_loss([], targets, zs, zt)
+    assert label_only["loss"].item() == pytest.approx(ld.item()) and "mse" not in label_only

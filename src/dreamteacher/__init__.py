@@ -8,6 +8,8 @@ from dreamteacher.api import (
     finetune,
     pretrain,
     pretrain_baseline,
+    train_ddpm_seg,
+    train_interpreter,
     train_teacher,
 )
 from dreamteacher.errors import UserError
@@ -23,5 +25,7 @@ __all__ = [
     "load_backbone",
     "pretrain",
     "pretrain_baseline",
+    "train_ddpm_seg",
+    "train_interpreter",
     "train_teacher",
 ]

@@ -5,6 +5,8 @@
     dt.pretrain(data="imgs/", teacher="runs/teacher", backbone="resnet50", out="runs/pre")
     dt.export("runs/pre", out="runs/bb")
     dt.finetune(data="seg/", backbone="resnet50", weights="runs/bb", labels=46, out="runs/ft")
+    dt.train_interpreter(data="seg/", teacher="runs/teacher", labels=46, out="runs/interp")
+    dt.pretrain(data="imgs/", teacher="runs/teacher", mode="mix", interpreter="runs/interp", ...)
 
 Each takes the config keys as keyword arguments, plus `config=` (a YAML file) and
 `overrides=` (["key=value", ...]); precedence: defaults < config < kwargs < overrides.
@@ -19,7 +21,9 @@ from dreamteacher import engine
 from dreamteacher.config import (
     BaselineConfig,
     CacheConfig,
+    DDPMSegConfig,
     FinetuneConfig,
+    InterpreterConfig,
     PretrainConfig,
     TeacherConfig,
     build_config,
@@ -50,7 +54,8 @@ def pretrain(
     overrides: list[str] | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Feature-distil `teacher` into a timm `backbone`; returns the run folder."""
+    """Distil `teacher` into a timm `backbone` (mode="feature", the default; "label" or "mix"
+    with `interpreter=` a train-interpreter folder); returns the run folder."""
     cfg = build_config(
         PretrainConfig,
         config,
@@ -107,6 +112,44 @@ def finetune(
         **kwargs,
     )
     return engine.finetune(cfg)
+
+
+def train_interpreter(
+    data: str | None = None,
+    teacher: str | None = None,
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> dict:
+    """Train the feature interpreter on `teacher`'s features of `labels` labelled images of the
+    mask folder `data` and evaluate it; returns metrics.json's content."""
+    from dreamteacher.engine.interpreter import train_interpreter as _run
+
+    cfg = build_config(
+        InterpreterConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
+    )
+    return _run(cfg)
+
+
+def train_ddpm_seg(
+    data: str | None = None,
+    teacher: str | None = None,
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: list[str] | None = None,
+    **kwargs: Any,
+) -> dict:
+    """The DDPM-seg baseline (per-pixel MLP ensemble on `teacher`'s features) on `labels`
+    labelled images of `data`, evaluated; returns metrics.json's content."""
+    from dreamteacher.engine.ddpm_seg import train_ddpm_seg as _run
+
+    cfg = build_config(
+        DDPMSegConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
+    )
+    return _run(cfg)
 
 
 def pretrain_baseline(

@@ -4,6 +4,9 @@ dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=
 dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
 dreamteacher export RUN2 --out BB
 dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
+dreamteacher train-interpreter --teacher RUN --data SEGDIR --labels N --out RUN4
+dreamteacher pretrain --mode mix --interpreter RUN4 --data DIR --teacher RUN --out RUN5
+dreamteacher train-ddpm-seg --teacher RUN --data SEGDIR --labels N --out RUN6
 dreamteacher pretrain-baseline --method simclr|mocov2|byol|densecl --data DIR --out RUN2
 dreamteacher benchmark --data SEGDIR --out DIR [--profile smoke|cpu|gpu] [key=value ...]
 dreamteacher demo [--out DIR]
@@ -66,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", help="timm model name, e.g. resnet50")
     p.add_argument("--epochs", type=int)
     p.add_argument("--t", nargs="+", help="diffusion step(s) of the encoding")
+    p.add_argument("--mode", help="feature (default), label or mix distillation")
+    p.add_argument("--interpreter", help="train-interpreter run folder (label and mix modes)")
 
     p = sub.add_parser("cache-features", help="store teacher features once, for pretrain")
     _common(p)
@@ -82,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="exported backbone folder, or 'scratch'")
     p.add_argument("--labels", type=int, help="number of labelled training images")
     p.add_argument("--steps", type=int)
+
+    p = sub.add_parser(
+        "train-interpreter", help="segment with the teacher's features: the feature interpreter"
+    )
+    _common(p)
+    p.add_argument("--teacher", help="train-teacher run folder")
+    p.add_argument("--labels", type=int, help="number of labelled training images")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--t", nargs="+", help="diffusion step(s) of the encoding")
+
+    p = sub.add_parser("train-ddpm-seg", help="the DDPM-seg baseline: per-pixel MLP ensemble")
+    _common(p)
+    p.add_argument("--teacher", help="train-teacher run folder")
+    p.add_argument("--labels", type=int, help="number of labelled training images")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--t", nargs="+", help="diffusion steps whose features are concatenated")
 
     p = sub.add_parser("pretrain-baseline", help="a self-supervised baseline (needs lightly)")
     _common(p)
@@ -125,6 +146,8 @@ _FLAG_KEYS = (
     "labels",
     "strict",
     "method",
+    "mode",
+    "interpreter",
 )
 
 
@@ -180,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             "pretrain": api.pretrain,
             "finetune": api.finetune,
             "pretrain-baseline": api.pretrain_baseline,
+            "train-interpreter": api.train_interpreter,
+            "train-ddpm-seg": api.train_ddpm_seg,
         }[args.command]
         fn(config=args.config, overrides=args.overrides, **kw)
         return 0

@@ -83,6 +83,63 @@ class PretrainConfig(RunOptions):
     lambda_at: float = 10.0
     regressor_channels: int = 256
     feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
+    # label distillation (METHOD.md section 4): feature | label | mix
+    mode: str = "feature"
+    interpreter: str | None = None  # a train-interpreter folder (label and mix modes)
+    lambda_ld: float = 1.0  # L_mix = L_feat + lambda_ld * L_ld
+    tau: float = 4.0  # softmax temperature of L_ld
+    tau_squared: bool = True  # multiply L_ld by tau^2 (Hinton et al. 2015; docs/method.md)
+
+
+@dataclass
+class InterpreterConfig(RunOptions):
+    """`train-interpreter`: the feature interpreter on a frozen teacher's features of N
+    labelled images (METHOD.md section 4); evaluates itself on the test split."""
+
+    data: str = ""  # a mask folder
+    teacher: str = ""
+    out: str = ""
+    labels: int | None = None  # N labelled training images (None = all)
+    image_size: list[int] | None = None  # default: the teacher's training resolution
+    epochs: int = 100
+    max_steps: int | None = None
+    warmup_epochs: float = 20.0
+    batch_size: int = 8
+    lr: float = 4e-3
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    t: list[int] = field(default_factory=lambda: [50])
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    channels: int = 256
+    dropout: float = 0.1
+    dice_weight: float = 3.0  # loss = CE + dice_weight x Dice
+    eval_split: str = "auto"
+    eval_batch_size: int = 8
+
+
+@dataclass
+class DDPMSegConfig(RunOptions):
+    """`train-ddpm-seg`: the DDPM-seg baseline (Baranchuk et al. 2022), an ensemble of
+    per-pixel MLPs on upsampled, concatenated teacher features at several t. Pixels are
+    streamed: memory does not grow with the number of images."""
+
+    data: str = ""
+    teacher: str = ""
+    out: str = ""
+    labels: int | None = None
+    image_size: list[int] | None = None  # default: the teacher's training resolution
+    t: list[int] = field(default_factory=lambda: [50, 150, 250])
+    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    ensemble: int = 10
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    steps: int = 1000
+    batch_size: int = 4  # images per step
+    pixels: int = 1024  # labelled pixels drawn per image and step, for each MLP
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    eval_split: str = "auto"
+    eval_batch_size: int = 4
 
 
 @dataclass

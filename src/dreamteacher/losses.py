@@ -1,6 +1,7 @@
-"""DreamTeacher losses (METHOD.md section 3).
+"""DreamTeacher losses (METHOD.md sections 3 and 4).
 
-L_feat = L_mse + lambda_AT * L_AT with lambda_AT = 10, both averaged over the feature levels.
+L_feat = L_mse + lambda_AT * L_AT with lambda_AT = 10, both averaged over the feature levels;
+L_ld, the label distillation loss, and the interpreter's CE + Dice.
 """
 
 from __future__ import annotations
@@ -56,4 +57,76 @@ def feature_distillation_loss(
         ats.append(a)
     mse, at = torch.stack(mses).mean(), torch.stack(ats).mean()
     out.update(loss=mse + lambda_at * at, mse=mse, at=at)
+    return out
+
+
+# Label distillation (METHOD.md section 4)
+
+
+def label_distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    tau: float = 4.0,
+    tau_squared: bool = True,
+) -> torch.Tensor:
+    """L_ld = H(softmax(z_t / tau), softmax(z_s / tau)), the cross-entropy between the
+    temperature-softened distributions at every pixel, averaged over B, H, W.
+
+    logits # B, K, H, W; the teacher's are resized (bilinear) to the student's H, W. With
+    `tau_squared` the loss is multiplied by tau^2 (Hinton et al. 2015): the gradient of the
+    softened cross-entropy w.r.t. the student's logits shrinks as 1/tau^2, and the factor keeps
+    its size independent of tau, so lambda_ld keeps its meaning when tau changes."""
+    teacher_logits = match_size(teacher_logits.float(), student_logits)
+    p_t = F.softmax(teacher_logits / tau, dim=1)
+    log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
+    loss = -(p_t * log_p_s).sum(dim=1).mean()
+    return loss * tau**2 if tau_squared else loss
+
+
+def dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, eps: float = 1.0
+) -> torch.Tensor:
+    """Soft multi-class Dice loss: 1 - mean over classes of (2 sum p g + eps) / (sum p + sum g
+    + eps), sums over every labelled pixel of the batch. logits # B, K, H, W; target # B, H, W
+    (class ids; `ignore_index` pixels count for nothing)."""
+    k = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)  # B, 1, H, W
+    p = F.softmax(logits.float(), dim=1) * valid
+    g = F.one_hot(target.clamp(0, k - 1) * valid[:, 0], k).permute(0, 3, 1, 2) * valid
+    inter = (p * g).sum(dim=(0, 2, 3))
+    denom = p.sum(dim=(0, 2, 3)) + g.sum(dim=(0, 2, 3))
+    return 1 - ((2 * inter + eps) / (denom + eps)).mean()
+
+
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, dice_weight: float = 3.0
+) -> dict[str, torch.Tensor]:
+    """The feature interpreter's loss, CE + 3 x Dice (METHOD.md section 4)."""
+    ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+    dice = dice_loss(logits, target, ignore_index)
+    return {"loss": ce + dice_weight * dice, "ce": ce, "dice": dice}
+
+
+def mix_distillation_loss(
+    preds: list[torch.Tensor],
+    teacher_raw: list[torch.Tensor],
+    student_logits: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    lambda_at: float = 10.0,
+    lambda_ld: float = 1.0,
+    tau: float = 4.0,
+    tau_squared: bool = True,
+) -> dict[str, torch.Tensor]:
+    """L = L_feat (when there are feature predictions) + lambda_ld * L_ld (when there are
+    logits): feature distillation, label distillation, or both ("mix", METHOD.md section 4)."""
+    out: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=teacher_raw[0].device if teacher_raw else None)
+    if preds:
+        out = feature_distillation_loss(preds, teacher_raw, lambda_at)
+        total = out["loss"]
+    if student_logits is not None:
+        ld = label_distillation_loss(student_logits, teacher_logits, tau, tau_squared)
+        out["ld"] = ld.detach()
+        total = total + lambda_ld * ld
+    out["loss"] = total
     return out

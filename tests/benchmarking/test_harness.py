@@ -74,3 +74,46 @@ def test_cli_reports_a_bad_profile_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("dreamteacher benchmark: error: unknown profile 'fast'")
+
+
+def test_label_distillation_rows_end_to_end_and_cached(tmp_path):
+    """dt-mix / dt-label pretrain from the interpreter of each labelled subset; interpreter and
+    ddpm-seg are teacher-side rows; a changed interpreter setting recomputes exactly the
+    interpreter, the two backbones distilled from it and their evaluations."""
+    import dreamteacher as dt
+    from dreamteacher.data.synthetic import make_scenes
+
+    data = make_scenes(
+        tmp_path / "data", n=30, image_size=(32, 48), splits={"train": 0.6, "val": 0.1, "test": 0.3}
+    )
+    kw = {
+        "profile": "smoke",
+        "device": "cpu",
+        "labels": [4],
+        "protocols": ["finetune"],
+        "methods": ["scratch", "dt-mix", "dt-label", "interpreter", "ddpm-seg"],
+    }
+    r = dt.benchmark(str(data), str(tmp_path / "b"), **kw)
+    rows = {(x["method"], x["protocol"]) for x in r["runs"]}
+    assert rows == {
+        ("scratch", "finetune"),
+        ("dt-mix", "finetune"),
+        ("dt-label", "finetune"),
+        ("interpreter", "teacher-side"),
+        ("ddpm-seg", "teacher-side"),
+    }
+    assert all(0 <= x["miou"] <= 100 for x in r["runs"])
+    # teacher, interpreter, dt-mix and dt-label pretraining, ddpm-seg, 3 evaluations
+    assert r["cells_computed"] == 8
+    cells = tmp_path / "b" / "cells"
+    interp = next(cells.glob("interpreter-N4-seed0-*"))
+    assert (interp / "run" / "interpreter.pt").exists()
+    mix_run = next(cells.glob("pretrain-dt-mix-N4-seed0-*")) / "run"
+    mix_cfg = (mix_run / "config.yaml").read_text()
+    assert "mode: mix" in mix_cfg and str(interp / "run") in mix_cfg
+    ids = json.loads((interp / "run" / "labeled_ids.json").read_text())["ids"]
+    assert ids == json.loads((tmp_path / "b" / "subsets" / "N4_seed0.json").read_text())["ids"]
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert "| interpreter |" in md and "| ddpm-seg |" in md and "teacher-side" in md
+    again = dt.benchmark(str(data), str(tmp_path / "b"), interpreter_max_steps=4, **kw)
+    assert again["cells_computed"] == 1 + 2 + 2

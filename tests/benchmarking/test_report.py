@@ -56,3 +56,22 @@ def test_plot_writes_a_png(tmp_path):
     p = plot(_runs(), tmp_path / "m.png")
     data = p.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_teacher_side_rows_appear_in_every_protocol_table():
+    runs = _runs() + [
+        {
+            "method": "interpreter",
+            "protocol": "teacher-side",
+            "labels": 23,
+            "seed": 0,
+            "miou": 40.0,
+        },
+        {"method": "interpreter", "protocol": "teacher-side", "labels": 46, "seed": 0, "miou": 9.0},
+    ]
+    md = results_table(runs, ["scratch", "dreamteacher", "interpreter"])
+    fin, frz = md.split("**frozen**")
+    assert "| interpreter | **40.0 ± 0.0** | **9.0 ± 0.0** |" in fin  # alone at N = 46
+    assert "| interpreter | **40.0 ± 0.0** | 9.0 ± 0.0 |" in frz
+    assert "| scratch | - | **11.0 ± 0.0** |" in frz
+    assert "teacher-side" in md and "**teacher-side**" not in md  # no table of its own

@@ -12,7 +12,13 @@ from typing import Any
 from dreamteacher.config import build_config
 from dreamteacher.errors import UserError
 
-ALL_METHODS = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
+# backbones pretrained once on the unlabeled images
+PRETRAINED = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
+# backbones distilled from the interpreter of each (N, seed) labelled subset (METHOD.md 4)
+LABEL_DISTILLED = ["dt-mix", "dt-label"]
+# segmenters on the teacher's features themselves: no backbone, one result per (N, seed)
+TEACHER_SIDE = ["interpreter", "ddpm-seg"]
+ALL_METHODS = PRETRAINED + LABEL_DISTILLED + TEACHER_SIDE
 PROTOCOLS = ["finetune", "frozen"]
 
 
@@ -45,6 +51,17 @@ class BenchmarkConfig:
     dt_lr: float = 4e-3
     dt_t: list[int] = field(default_factory=lambda: [50])
     ssl_lr: float = 2e-3
+    # the feature interpreter (interpreter row; soft labels of dt-mix and dt-label)
+    interpreter_epochs: int = 100
+    interpreter_max_steps: int | None = 500
+    interpreter_channels: int = 256
+    lambda_ld: float = 1.0
+    tau: float = 4.0
+    # DDPM-seg (Baranchuk et al. 2022)
+    ddpm_seg_t: list[int] = field(default_factory=lambda: [50, 150, 250])
+    ddpm_seg_steps: int = 500
+    ddpm_seg_ensemble: int = 10
+    ddpm_seg_pixels: int = 1024
     # evaluation: one recipe per protocol, the same for every method
     finetune_steps: int = 200
     finetune_lr: float = 1e-3
@@ -71,12 +88,17 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pretrain_batch_size": 8,
         "finetune_steps": 10,
         "frozen_steps": 10,
+        "interpreter_max_steps": 6,
+        "interpreter_channels": 32,
+        "ddpm_seg_steps": 6,
+        "ddpm_seg_ensemble": 2,
     },
     # resnet18 at 64x80 on 2 CPU cores, in the background (docs/benchmarks.md has the timing)
     "cpu": {},
     # resnet50 at 256x320 on one H100/H200, sized for gpu.sh's 8 minutes from a partial H200
     # run (docs/benchmarks.md): the pretraining there took about 60 s per 560 steps per method
     "gpu": {
+        "methods": PRETRAINED,  # the per-(N, seed) rows do not fit the 8 minutes
         "backbone": "resnet50",
         "image_size": [256, 320],
         "seeds": [0],

@@ -6,6 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+# the protocol of rows that segment with the teacher's features (no backbone to fine-tune or
+# freeze): shown in every protocol's table and panel
+TEACHER_SIDE_PROTOCOL = "teacher-side"
+
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
     """{(method, protocol, labels): {mean, std, n}} over seeds; std is the sample standard
@@ -25,18 +29,26 @@ def _order(values, preferred):
     return [m for m in preferred if m in values] + sorted(set(values) - set(preferred))
 
 
+def _protocols(agg) -> list[str]:
+    """The backbone protocols; teacher-side rows alone make a table of their own."""
+    ps = {k[1] for k in agg} - {TEACHER_SIDE_PROTOCOL}
+    return _order(ps, ["finetune", "frozen"]) or ([TEACHER_SIDE_PROTOCOL] if agg else [])
+
+
+def _cell(agg, m: str, protocol: str, n: int) -> dict[str, float] | None:
+    return agg.get((m, protocol, n)) or agg.get((m, TEACHER_SIDE_PROTOCOL, n))
+
+
 def results_table(runs: list[dict[str, Any]], methods: list[str] | None = None) -> str:
     """One Markdown table per protocol: a row per method, a column per N, `mean ± std`; the
     best mean of each column in bold."""
     agg = aggregate(runs)
     methods = _order({k[0] for k in agg}, methods or [])
+    side = sorted({k[0] for k in agg if k[1] == TEACHER_SIDE_PROTOCOL})
     lines = []
-    for protocol in _order({k[1] for k in agg}, ["finetune", "frozen"]):
-        ns = sorted({k[2] for k in agg if k[1] == protocol})
-        best = {
-            n: max(agg[(m, protocol, n)]["mean"] for m in methods if (m, protocol, n) in agg)
-            for n in ns
-        }
+    for protocol in _protocols(agg):
+        ns = sorted({k[2] for k in agg if k[1] in (protocol, TEACHER_SIDE_PROTOCOL)})
+        best = {n: max(c["mean"] for m in methods if (c := _cell(agg, m, protocol, n))) for n in ns}
         lines += [
             f"**{protocol}** (test mIoU %, mean ± std over seeds)",
             "",
@@ -46,7 +58,7 @@ def results_table(runs: list[dict[str, Any]], methods: list[str] | None = None) 
         for m in methods:
             cells = []
             for n in ns:
-                a = agg.get((m, protocol, n))
+                a = _cell(agg, m, protocol, n)
                 if a is None:
                     cells.append("-")
                     continue
@@ -54,6 +66,12 @@ def results_table(runs: list[dict[str, Any]], methods: list[str] | None = None) 
                 cells.append(f"**{s}**" if a["mean"] == best[n] else s)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
+    if side:
+        lines += [
+            f"{', '.join(side)}: segmenters on the teacher's features (teacher-side), no "
+            "backbone; the same numbers appear under every protocol.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -72,20 +90,24 @@ def plot(runs: list[dict[str, Any]], path: str | Path, methods: list[str] | None
     import matplotlib.pyplot as plt
 
     agg = aggregate(runs)
-    protocols = _order({k[1] for k in agg}, ["finetune", "frozen"])
+    protocols = _protocols(agg)
     methods = _order({k[0] for k in agg}, methods or [])
     fig, axes = plt.subplots(1, len(protocols), figsize=(5.5 * len(protocols), 4), squeeze=False)
     for ax, protocol in zip(axes[0], protocols):
         for m in methods:
-            ns = sorted(k[2] for k in agg if k[0] == m and k[1] == protocol)
+            ns = sorted(
+                k[2] for k in agg if k[0] == m and k[1] in (protocol, TEACHER_SIDE_PROTOCOL)
+            )
             if not ns:
                 continue
-            ys = [agg[(m, protocol, n)]["mean"] for n in ns]
-            es = [agg[(m, protocol, n)]["std"] for n in ns]
+            ys = [_cell(agg, m, protocol, n)["mean"] for n in ns]
+            es = [_cell(agg, m, protocol, n)["std"] for n in ns]
             style = {"linewidth": 2.5, "zorder": 3} if m == "dreamteacher" else {}
+            if any(k == (m, TEACHER_SIDE_PROTOCOL, ns[0]) for k in agg):
+                style["linestyle"] = "--"  # teacher-side
             ax.errorbar(ns, ys, yerr=es, marker="o", capsize=3, label=m, **style)
         ax.set_xscale("log")
-        ns_all = sorted({k[2] for k in agg if k[1] == protocol})
+        ns_all = sorted({k[2] for k in agg if k[1] in (protocol, TEACHER_SIDE_PROTOCOL)})
         ax.set_xticks(ns_all, [str(n) for n in ns_all])
         ax.minorticks_off()
         ax.set_xlabel("labelled training images (N)")

@@ -1,8 +1,10 @@
 """`dreamteacher benchmark`: the label-efficient segmentation benchmark (METHOD.md §6).
 
-  teacher ──> dreamteacher pretrain ─┐
-  simclr / mocov2 / byol / densecl ──┼─> for protocol, N, seed: finetune/frozen -> test mIoU
-  scratch ───────────────────────────┘
+  teacher ──> dreamteacher pretrain ──────────────────┐
+  simclr / mocov2 / byol / densecl ───────────────────┼─> for protocol, N, seed:
+  scratch ────────────────────────────────────────────┤   finetune/frozen -> test mIoU
+  teacher + N labels ─> interpreter ─> dt-mix/dt-label┘
+                        interpreter, ddpm-seg ─────────> test mIoU (teacher-side rows)
 
 Every method uses the same backbone, resolution, pretraining epochs and batch, and sees only
 the `pretrain_splits` images (train and val); test images are used for evaluation only.
@@ -25,8 +27,19 @@ import torch
 
 from dreamteacher import api
 from dreamteacher.benchmarking.cells import Cells
-from dreamteacher.benchmarking.config import BenchmarkConfig
-from dreamteacher.benchmarking.report import aggregate, cost_table, plot, results_table
+from dreamteacher.benchmarking.config import (
+    LABEL_DISTILLED,
+    PRETRAINED,
+    TEACHER_SIDE,
+    BenchmarkConfig,
+)
+from dreamteacher.benchmarking.report import (
+    TEACHER_SIDE_PROTOCOL,
+    aggregate,
+    cost_table,
+    plot,
+    results_table,
+)
 from dreamteacher.config import save_config
 from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.engine.common import atomic_json, atomic_write
@@ -79,9 +92,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     costs: list[dict[str, Any]] = []
 
     # 1. the teacher
-    weights: dict[str, str] = {"scratch": "scratch"}
-    pre_keys: dict[str, str] = {"scratch": "scratch"}
-    if "dreamteacher" in cfg.methods:
+    weights: dict[Any, str] = {"scratch": "scratch"}  # method or (method, N, seed) -> backbone
+    pre_keys: dict[Any, str] = {"scratch": "scratch"}
+    uses_teacher = [m for m in cfg.methods if m not in PRETRAINED or m == "dreamteacher"]
+    if uses_teacher:
         tp = {
             **base,
             "splits": cfg.pretrain_splits,
@@ -109,6 +123,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
 
         print(f"benchmark: teacher ({cfg.teacher_preset}, {cfg.teacher_steps} steps)")
         teacher = cells.get("teacher", tp, train_teacher, cleanup=["run/checkpoints"])
+        teacher_run = str(Path(teacher["folder"]) / "run")
         costs.append({"stage": "teacher (train-teacher)", **_cost(teacher)})
 
     # 2. pretraining, the same epochs and batch for every method
@@ -132,50 +147,140 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "save_every": 200,
         **run_opts,
     }
-    for method in cfg.methods:
-        if method == "scratch":
-            continue
-        if method == "dreamteacher":
-            pp = {**common, "teacher": teacher["key"], "lr": cfg.dt_lr, "t": cfg.dt_t}
-            train = partial(
-                api.pretrain,
-                teacher=str(Path(teacher["folder"]) / "run"),
-                lr=cfg.dt_lr,
-                t=cfg.dt_t,
-                **pre_kw,
-            )
-        else:
-            pp = {**common, "method": method, "lr": cfg.ssl_lr}
-            train = partial(api.pretrain_baseline, method=method, lr=cfg.ssl_lr, **pre_kw)
 
-        def fn(d: Path, train=train) -> dict:
+    def pretrain_cell(name: str, params: dict, train) -> dict:
+        def fn(d: Path) -> dict:
             run = train(out=str(d / "run"))
             api.export(run, d / "backbone")
             return {"images_seen": _images_seen(run)}
 
-        print(f"benchmark: pretrain {method}")
-        rec = cells.get(f"pretrain-{method}", pp, fn, cleanup=["run/checkpoints"])
+        print(f"benchmark: pretrain {name}")
+        rec = cells.get(f"pretrain-{name}", params, fn, cleanup=["run/checkpoints"])
+        costs.append({"stage": f"{name} pretraining", **_cost(rec)})
+        return rec
+
+    dt_params = {**common, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
+    dt_kw = {"teacher": teacher_run, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
+    for method in cfg.methods:
+        if method == "scratch" or method not in PRETRAINED:
+            continue
+        if method == "dreamteacher":
+            pp = {**dt_params, "teacher": teacher["key"]}
+            train = partial(api.pretrain, **dt_kw, **pre_kw)
+        else:
+            pp = {**common, "method": method, "lr": cfg.ssl_lr}
+            train = partial(api.pretrain_baseline, method=method, lr=cfg.ssl_lr, **pre_kw)
+        rec = pretrain_cell(method, pp, train)
         weights[method] = str(Path(rec["folder"]) / "backbone")
         pre_keys[method] = rec["key"]
-        costs.append({"stage": f"{method} pretraining", **_cost(rec)})
 
-    # 3. evaluation: every method x protocol x N x seed
-    runs = []
+    # 3. per labelled subset: the teacher-side segmenters (interpreter, DDPM-seg) and the
+    # backbones distilled from the interpreter's soft labels (dt-mix, dt-label)
+    runs: list[dict[str, Any]] = []
+    side = {**base, "teacher": teacher["key"]} if uses_teacher else {}
+    for (n, seed), ids in subsets.items():
+        tag = f"N{n}-seed{seed}"
+        needs_interp = [m for m in cfg.methods if m in LABEL_DISTILLED or m == "interpreter"]
+        if needs_interp:
+            ip = {
+                **side,
+                "labels": n,
+                "seed": seed,
+                "epochs": cfg.interpreter_epochs,
+                "max_steps": cfg.interpreter_max_steps,
+                "channels": cfg.interpreter_channels,
+                "batch_size": cfg.finetune_batch_size,
+            }
+
+            def fn(d: Path, n=n, seed=seed) -> dict:
+                m = api.train_interpreter(
+                    data=data,
+                    teacher=teacher_run,
+                    out=str(d / "run"),
+                    labels=n,
+                    seed=seed,
+                    image_size=size,
+                    epochs=cfg.interpreter_epochs,
+                    max_steps=cfg.interpreter_max_steps,
+                    channels=cfg.interpreter_channels,
+                    batch_size=cfg.finetune_batch_size,
+                    eval_batch_size=cfg.eval_batch_size,
+                    **run_opts,
+                )
+                return _eval_record(m, m["steps"] * cfg.finetune_batch_size)
+
+            print(f"benchmark: interpreter {tag}")
+            interp = cells.get(f"interpreter-{tag}", ip, fn, cleanup=["run/checkpoints"])
+            costs.append({"stage": f"interpreter {tag}", **_cost(interp)})
+            if "interpreter" in cfg.methods:
+                runs.append(_run_row("interpreter", TEACHER_SIDE_PROTOCOL, n, ids, seed, interp))
+            for method in [m for m in cfg.methods if m in LABEL_DISTILLED]:
+                mode = method.removeprefix("dt-")
+                pp = {**dt_params, "teacher": teacher["key"], "interpreter": interp["key"]}
+                pp.update(mode=mode, lambda_ld=cfg.lambda_ld, tau=cfg.tau)
+                train = partial(
+                    api.pretrain,
+                    **dt_kw,
+                    **pre_kw,
+                    mode=mode,
+                    interpreter=str(Path(interp["folder"]) / "run"),
+                    lambda_ld=cfg.lambda_ld,
+                    tau=cfg.tau,
+                )
+                rec = pretrain_cell(f"{method}-{tag}", pp, train)
+                weights[(method, n, seed)] = str(Path(rec["folder"]) / "backbone")
+                pre_keys[(method, n, seed)] = rec["key"]
+        if "ddpm-seg" in cfg.methods:
+            dp = {
+                **side,
+                "labels": n,
+                "seed": seed,
+                "t": cfg.ddpm_seg_t,
+                "steps": cfg.ddpm_seg_steps,
+                "ensemble": cfg.ddpm_seg_ensemble,
+                "pixels": cfg.ddpm_seg_pixels,
+            }
+
+            def fn(d: Path, n=n, seed=seed) -> dict:
+                m = api.train_ddpm_seg(
+                    data=data,
+                    teacher=teacher_run,
+                    out=str(d / "run"),
+                    labels=n,
+                    seed=seed,
+                    image_size=size,
+                    t=cfg.ddpm_seg_t,
+                    steps=cfg.ddpm_seg_steps,
+                    ensemble=cfg.ddpm_seg_ensemble,
+                    pixels=cfg.ddpm_seg_pixels,
+                    **run_opts,
+                )
+                return _eval_record(m, cfg.ddpm_seg_steps * 4)
+
+            print(f"benchmark: ddpm-seg {tag}")
+            cleanup = ["run/checkpoints", "run/model.pt"]
+            rec = cells.get(f"ddpm-seg-{tag}", dp, fn, cleanup=cleanup)
+            runs.append(_run_row("ddpm-seg", TEACHER_SIDE_PROTOCOL, n, ids, seed, rec))
+            costs.append({"stage": f"ddpm-seg {tag}", **_cost(rec)})
+
+    # 4. evaluation of every backbone: method x protocol x N x seed
     jobs = [
         (m, p, n, s)
         for p in cfg.protocols
         for n in cfg.labels
         for s in cfg.seeds
         for m in cfg.methods
+        if m not in TEACHER_SIDE
     ]
     for k, (method, protocol, n, seed) in enumerate(jobs, 1):
         frozen = protocol == "frozen"
         steps = cfg.frozen_steps if frozen else cfg.finetune_steps
         lr = cfg.frozen_lr if frozen else cfg.finetune_lr
+        which = (method, n, seed) if method in LABEL_DISTILLED else method
         ep = {
             **base,
             "backbone": cfg.backbone,
-            "pretrained": pre_keys[method],
+            "pretrained": pre_keys[which],
             "protocol": protocol,
             "labels": n,
             "seed": seed,
@@ -185,12 +290,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             "head_channels": cfg.head_channels,
         }
 
-        def fn(d: Path, method=method, n=n, seed=seed, steps=steps, lr=lr, frozen=frozen):
+        def fn(d: Path, which=which, n=n, seed=seed, steps=steps, lr=lr, frozen=frozen):
             m = api.finetune(
                 data=data,
                 out=str(d / "run"),
                 backbone=cfg.backbone,
-                weights=weights[method],
+                weights=weights[which],
                 labels=n,
                 seed=seed,
                 image_size=size,
@@ -208,19 +313,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
 
         cleanup = [] if cfg.keep_weights else ["run/checkpoints", "run/model.pt"]
         rec = cells.get(f"eval-{method}-{protocol}-N{n}-seed{seed}", ep, fn, cleanup=cleanup)
-        runs.append(
-            {
-                "method": method,
-                "protocol": protocol,
-                "labels": n,
-                "labelled_images": len(subsets[(n, seed)]),
-                "seed": seed,
-                "miou": rec["miou"],
-                "per_class_iou": rec["per_class_iou"],
-                "wall_s": rec["wall_s"],
-                "cell": rec["folder"],
-            }
-        )
+        runs.append(_run_row(method, protocol, n, subsets[(n, seed)], seed, rec))
         print(
             f"benchmark [{k}/{len(jobs)}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
             f"mIoU {rec['miou']:.1f}"
@@ -228,6 +321,24 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         if k < len(jobs):  # partial tables while it runs (and if it is stopped)
             write_results(out, cfg, runs, costs, cells, t_start, final=False)
     return write_results(out, cfg, runs, costs, cells, t_start, final=True)
+
+
+def _eval_record(m: dict[str, Any], images_seen: int) -> dict[str, Any]:
+    return {"miou": m["miou"], "per_class_iou": m["per_class_iou"], "images_seen": images_seen}
+
+
+def _run_row(method, protocol, n, ids, seed, rec) -> dict[str, Any]:
+    return {
+        "method": method,
+        "protocol": protocol,
+        "labels": n,
+        "labelled_images": len(ids),
+        "seed": seed,
+        "miou": rec["miou"],
+        "per_class_iou": rec["per_class_iou"],
+        "wall_s": rec["wall_s"],
+        "cell": rec["folder"],
+    }
 
 
 def write_results(

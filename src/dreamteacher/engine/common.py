@@ -366,3 +366,24 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+
+
+def resolve_teacher(cfg: Any):
+    """The frozen teacher at cfg.t / cfg.strides, and cfg.image_size defaulted to the
+    teacher's training resolution (checked against the UNet's total stride)."""
+    from dreamteacher.teachers import load_teacher
+    from dreamteacher.teachers.diffusion import teacher_image_size
+
+    if not cfg.teacher:
+        raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
+    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides)
+    if cfg.image_size is None:
+        cfg.image_size = teacher_image_size(cfg.teacher)
+        if cfg.image_size is None:
+            raise UserError("the teacher folder does not say its resolution; pass --image-size")
+    if any(v % teacher.min_divisor for v in cfg.image_size):
+        raise UserError(
+            f"--image-size {cfg.image_size[0]} {cfg.image_size[1]} is not divisible by "
+            f"{teacher.min_divisor}, the teacher UNet's total stride; pick a multiple of it"
+        )
+    return teacher

@@ -22,17 +22,19 @@ from dreamteacher.engine.common import (
     micro_batches,
     param_groups,
     progress,
+    resolve_teacher,
     restore,
     seed_everything,
     training_loader,
 )
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
-from dreamteacher.losses import feature_distillation_loss
+from dreamteacher.losses import mix_distillation_loss
 from dreamteacher.student import Backbone, FeatureRegressor, Student
-from dreamteacher.teachers import load_teacher
 from dreamteacher.teachers.cache import FeatureCache
-from dreamteacher.teachers.diffusion import teacher_image_size
+from dreamteacher.teachers.interpreter import FeatureInterpreter, load_interpreter
+
+MODES = ("feature", "label", "mix")
 
 
 def distill_forward_backward(
@@ -47,11 +49,14 @@ def distill_forward_backward(
     scale: float = 1.0,
     cache: FeatureCache | None = None,
     indices: torch.Tensor | None = None,
+    interpreter: FeatureInterpreter | None = None,
+    ld: dict | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One micro-batch of feature distillation: flip, teacher targets, student predictions,
-    L_feat, backward (gradients scaled by `scale`). x # B, 3, H, W in [0, 1], on any device.
+    """One micro-batch of distillation: flip, teacher targets, student predictions, loss,
+    backward (gradients scaled by `scale`). x # B, 3, H, W in [0, 1], on any device.
     With a feature cache the targets (and the flip) come from one of the sample's cached
-    encodings instead of the teacher."""
+    encodings instead of the teacher. With an interpreter, its logits on the same teacher
+    features are the soft labels of L_ld (`ld`: lambda_ld, tau, tau_squared)."""
     x = x.to(device, non_blocking=True)
     if cache is not None:
         cached, flips = cache.lookup(indices, keys)
@@ -67,8 +72,12 @@ def distill_forward_backward(
         else:
             # frozen teacher under inference mode; clone() makes its outputs normal tensors
             targets = [f.clone() for f in teacher(x, keys)]
-        preds = model(x)
-        losses = feature_distillation_loss(preds, targets, lambda_at)
+        soft = None
+        if interpreter is not None:
+            with torch.inference_mode():
+                soft = interpreter(targets).clone()  # B, K, H/4, W/4: the soft labels
+        preds, logits = model(x)
+        losses = mix_distillation_loss(preds, targets, logits, soft, lambda_at, **(ld or {}))
         (losses["loss"] * scale).backward()
     return losses
 
@@ -76,19 +85,11 @@ def distill_forward_backward(
 def pretrain(cfg: PretrainConfig) -> Path:
     """Distil; writes RUN/final.pt (backbone + regressor weights) and returns the run folder."""
     env, device = dist.setup(cfg.device)
-    if not cfg.teacher:
-        raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
-    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides).to(device)  # frozen
+    teacher = resolve_teacher(cfg).to(device)  # frozen
+    interpreter, num_classes = check_mode(cfg, teacher)
+    if interpreter is not None:
+        interpreter = interpreter.to(device)
     cache = None
-    if cfg.image_size is None:
-        cfg.image_size = teacher_image_size(cfg.teacher)
-        if cfg.image_size is None:
-            raise UserError("the teacher folder does not say its resolution; pass --image-size")
-    if any(v % teacher.min_divisor for v in cfg.image_size):
-        raise UserError(
-            f"--image-size {cfg.image_size[0]} {cfg.image_size[1]} is not divisible by "
-            f"{teacher.min_divisor}, the teacher UNet's total stride; pick a multiple of it"
-        )
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
     if cfg.feature_cache:
         cache = FeatureCache(cfg.feature_cache, data)
@@ -101,7 +102,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
     seed_everything(cfg.seed)  # same init on every rank
     backbone = Backbone(cfg.backbone, cfg.strides)
     student = Student(
-        backbone, FeatureRegressor(backbone.channels, teacher.channels, cfg.regressor_channels)
+        backbone,
+        FeatureRegressor(
+            backbone.channels,
+            teacher.channels if cfg.mode != "label" else [],  # label: no feature heads
+            cfg.regressor_channels,
+            num_classes,
+        ),
     ).to(device)
     channels_last = device.type == "cuda"
     if channels_last:
@@ -123,7 +130,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
     sampler, loader = training_loader(data, cfg, env, device, start, total)
     if env.main:
         print(
-            f"pretrain: {cfg.backbone} <- teacher {cfg.teacher} (t={cfg.t}); {len(data)} images "
+            f"pretrain ({cfg.mode} distillation): {cfg.backbone} <- teacher {cfg.teacher} "
+            f"(t={cfg.t}){f', interpreter {cfg.interpreter}' if interpreter else ''}; "
+            f"{len(data)} images "
             f"at {cfg.image_size[0]}x{cfg.image_size[1]}, {total} steps "
             f"({total / steps_per_epoch:g} epochs) of global batch {global_batch} "
             f"({env.world_size} rank(s) x {cfg.batch_size} x "
@@ -133,6 +142,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             print(f"  teacher {line}")
     model.train()
     guard = NonFiniteGuard(cfg.max_bad_steps, run, student)
+    ld = {"lambda_ld": cfg.lambda_ld, "tau": cfg.tau, "tau_squared": cfg.tau_squared}
     with progress(total, start, "pretrain", disable=not env.main) as bar:
         t0 = time.time()
         for step, (idx, x) in zip(range(start, total), loader):
@@ -157,6 +167,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                         scale=1 / cfg.accum_steps,
                         cache=cache,
                         indices=idx_m,
+                        interpreter=interpreter,
+                        ld=ld,
                     )
                 step_loss += losses["loss"].detach().float()
                 for k, v in losses.items():
@@ -200,6 +212,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 "regressor_state": student.regressor.state_dict(),
                 "teacher_channels": teacher.channels,
                 "image_size": cfg.image_size,
+                "mode": cfg.mode,
+                "method": "dreamteacher" if cfg.mode == "feature" else f"dreamteacher-{cfg.mode}",
             },
             run.dir / "final.pt",
         )
@@ -209,3 +223,32 @@ def pretrain(cfg: PretrainConfig) -> Path:
         )
     dist.teardown(env)
     return run.dir
+
+
+def check_mode(cfg: PretrainConfig, teacher) -> tuple[FeatureInterpreter | None, int | None]:
+    """(interpreter, its class count) for label/mix distillation, (None, None) for feature."""
+    if cfg.mode not in MODES:
+        raise UserError(f"unknown --mode '{cfg.mode}'; choose one of {', '.join(MODES)}")
+    if cfg.mode == "feature":
+        if cfg.interpreter:
+            raise UserError(
+                "--interpreter is only used with --mode label or mix; drop it or set the mode"
+            )
+        return None, None
+    if not cfg.interpreter:
+        raise UserError(
+            f"--mode {cfg.mode} needs --interpreter RUN (a train-interpreter output folder)"
+        )
+    interp, meta = load_interpreter(cfg.interpreter)
+    if interp.channels != teacher.channels or list(meta["strides"]) != list(cfg.strides):
+        raise UserError(
+            f"interpreter {cfg.interpreter} was trained on a teacher with channels "
+            f"{interp.channels} at strides {meta['strides']}, this one has {teacher.channels} "
+            f"at {cfg.strides}; train the interpreter on --teacher {cfg.teacher}"
+        )
+    if sorted(meta["t"]) != sorted(cfg.t):
+        raise UserError(
+            f"interpreter {cfg.interpreter} reads teacher features at t={meta['t']}, pretrain "
+            f"uses t={cfg.t}; pass t={meta['t'][0] if len(meta['t']) == 1 else meta['t']}"
+        )
+    return interp, interp.num_classes

@@ -1,8 +1,18 @@
 """Student side: timm backbone, UPerNet decoder, feature regressor, segmentation head."""
 
 from dreamteacher.student.backbone import Backbone
-from dreamteacher.student.decoder import PPM, UPerDecoder
-from dreamteacher.student.regressor import FeatureRegressor, Student
+from dreamteacher.student.decoder import PPM, FusedLogits, UPerDecoder
+from dreamteacher.student.regressor import FeatureRegressor, RegressorOutput, Student
 from dreamteacher.student.segmenter import Segmenter, UPerHead
 
-__all__ = ["PPM", "Backbone", "FeatureRegressor", "Segmenter", "Student", "UPerDecoder", "UPerHead"]
+__all__ = [
+    "PPM",
+    "Backbone",
+    "FeatureRegressor",
+    "FusedLogits",
+    "RegressorOutput",
+    "Segmenter",
+    "Student",
+    "UPerDecoder",
+    "UPerHead",
+]

@@ -1,5 +1,5 @@
 """The UPerNet decoder (PPM on C5 + FPN top-down over C2..C5), shared by the feature regressor
-(METHOD.md section 2) and the segmentation head."""
+(METHOD.md section 2) and the segmentation head, and UPerNet's fused class-logit head."""
 
 from __future__ import annotations
 
@@ -49,3 +49,21 @@ class UPerDecoder(nn.Module):
             top = lat + F.interpolate(top, lat.shape[-2:], mode="bilinear", align_corners=False)
             outs.insert(0, self.fpn[i](top))
         return outs
+
+
+class FusedLogits(nn.Module):
+    """UPerNet's fusion: upsample P3..P5 to P2, concat, 3x3 conv, dropout, 1x1 to class logits.
+    [P2..P5] (each # B, ch, H/s, W/s) -> # B, K, H/4, W/4."""
+
+    def __init__(self, ch: int, levels: int, num_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.fuse = conv_bn_relu(ch * levels, ch, 3)
+        self.dropout = nn.Dropout2d(dropout)
+        self.cls = nn.Conv2d(ch, num_classes, 1)
+
+    def forward(self, ps: list[torch.Tensor]) -> torch.Tensor:
+        size = ps[0].shape[-2:]
+        ps = [ps[0]] + [
+            F.interpolate(p, size, mode="bilinear", align_corners=False) for p in ps[1:]
+        ]
+        return self.cls(self.dropout(self.fuse(torch.cat(ps, 1))))

@@ -1,31 +1,51 @@
-"""Feature regressor: UPerNet decoder + one 1x1 conv per level to the teacher's channels.
-Thrown away after pretraining (METHOD.md section 2)."""
+"""Feature regressor: UPerNet decoder + one 1x1 conv per level to the teacher's channels, and
+for label/mix distillation a logit head on the same decoder (METHOD.md sections 2 and 4).
+Thrown away after pretraining."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from dreamteacher.student.decoder import UPerDecoder
+from dreamteacher.student.decoder import FusedLogits, UPerDecoder
+
+
+class RegressorOutput(NamedTuple):
+    features: list[torch.Tensor]  # level l # B, teacher_channels[l], H/s_l, W/s_l ([] if none)
+    logits: torch.Tensor | None  # B, K, H/4, W/4 when the regressor has a logit head
 
 
 class FeatureRegressor(nn.Module):
-    def __init__(self, in_channels: list[int], teacher_channels: list[int], ch: int = 256):
+    """`teacher_channels` empty: no feature heads (label distillation only); `num_classes`:
+    add UPerNet's fused logit head for the interpreter's soft labels."""
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        teacher_channels: list[int],
+        ch: int = 256,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         self.decoder = UPerDecoder(in_channels, ch)
         self.heads = nn.ModuleList(nn.Conv2d(ch, c, 1) for c in teacher_channels)
+        self.logit_head = FusedLogits(ch, len(in_channels), num_classes) if num_classes else None
 
-    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        """[C2..C5] -> predictions of the teacher maps, level l # B, teacher_channels[l], h, w."""
-        return [head(p) for head, p in zip(self.heads, self.decoder(feats), strict=True)]
+    def forward(self, feats: list[torch.Tensor]) -> RegressorOutput:
+        """[C2..C5] -> predictions of the teacher maps (and class logits)."""
+        ps = self.decoder(feats)
+        preds = [head(p) for head, p in zip(self.heads, ps, strict=False)]
+        return RegressorOutput(preds, self.logit_head(ps) if self.logit_head else None)
 
 
 class Student(nn.Module):
-    """Backbone + regressor: the module trained by feature distillation."""
+    """Backbone + regressor: the module trained by feature/label distillation."""
 
     def __init__(self, backbone: nn.Module, regressor: FeatureRegressor):
         super().__init__()
         self.backbone, self.regressor = backbone, regressor
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> RegressorOutput:
         return self.regressor(self.backbone(x))

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamteacher.student.decoder import UPerDecoder, conv_bn_relu
+from dreamteacher.student.decoder import FusedLogits, UPerDecoder
 
 
 class UPerHead(nn.Module):
@@ -15,17 +15,10 @@ class UPerHead(nn.Module):
     def __init__(self, in_channels: list[int], num_classes: int, ch: int = 256):
         super().__init__()
         self.decoder = UPerDecoder(in_channels, ch)
-        self.fuse = conv_bn_relu(ch * len(in_channels), ch, 3)
-        self.dropout = nn.Dropout2d(0.1)
-        self.cls = nn.Conv2d(ch, num_classes, 1)
+        self.logits = FusedLogits(ch, len(in_channels), num_classes)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        ps = self.decoder(feats)
-        size = ps[0].shape[-2:]
-        ps = [ps[0]] + [
-            F.interpolate(p, size, mode="bilinear", align_corners=False) for p in ps[1:]
-        ]
-        return self.cls(self.dropout(self.fuse(torch.cat(ps, 1))))  # B, K, H/4, W/4
+        return self.logits(self.decoder(feats))  # B, K, H/4, W/4
 
 
 class Segmenter(nn.Module):

@@ -1,0 +1,190 @@
+"""The loop every supervised segmentation command shares (finetune, train-interpreter,
+train-ddpm-seg): N labelled images of a mask folder, warm-up + cosine AdamW, keyed flips,
+checkpoints and resume, DDP, then the test-split evaluation written to RUN/metrics.json."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from dreamteacher.data import MaskFolder, select_labeled
+from dreamteacher.engine import dist
+from dreamteacher.engine.common import (
+    NonFiniteGuard,
+    Run,
+    atomic_json,
+    autocast,
+    loop_state,
+    lr_at,
+    micro_batches,
+    param_groups,
+    progress,
+    restore,
+    seed_everything,
+    track,
+    training_loader,
+)
+from dreamteacher.engine.randomness import keyed_hflip, sample_keys
+from dreamteacher.errors import UserError
+from dreamteacher.eval import confusion_matrix, iou_per_class, mean_iou
+
+# (model, images # B,3,H,W, masks # B,H,W, sample keys) -> {"loss": ..., other logged terms}
+StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, list[int]], dict[str, torch.Tensor]]
+
+
+class LabelledData:
+    """The labelled training images (N picked by seed from the train split) and the evaluation
+    split (test if present, else val) of a mask folder, at `image_size`."""
+
+    def __init__(self, cfg: Any):
+        self.folder = MaskFolder(cfg.data, strict=cfg.strict)
+        if not self.folder.splits.get("train"):
+            raise UserError(f"{self.folder.root}/splits.json has no train ids; add a 'train' list")
+        self.train_ids = select_labeled(self.folder.splits["train"], cfg.labels, cfg.seed)
+        self.split = self.folder.eval_split(cfg.eval_split)
+        self.train = self.folder.dataset(self.train_ids, cfg.image_size)
+        self.eval = self.folder.dataset(
+            self.folder.splits[self.split], cfg.image_size, full_res_masks=True
+        )
+
+    def save_ids(self, run: Run, seed: int) -> None:
+        if run.rank == 0:
+            atomic_json(
+                {"labels": len(self.train_ids), "seed": seed, "ids": self.train_ids},
+                run.dir / "labeled_ids.json",
+            )
+
+
+def fit(
+    cfg: Any,
+    net: torch.nn.Module,
+    step_fn: StepFn,
+    train_set,
+    run: Run,
+    env: dist.DistEnv,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    betas: tuple[float, float] = (0.9, 0.999),
+    desc: str = "finetune",
+) -> float:
+    """Train `net`'s trainable parameters for `steps` steps; checkpoints `net.state_dict()`.
+    Returns the training wall time in seconds."""
+    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=betas)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    start = restore(run, cfg.resume, net, opt)
+    if start == 0:
+        seed_everything(cfg.seed + env.rank)  # dropout noise: its own stream per rank
+    model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
+    sampler, loader = training_loader(train_set, cfg, env, device, start, steps)
+    model.train()
+    guard = NonFiniteGuard(cfg.max_bad_steps, run, net)
+    t0 = time.time()
+    with progress(steps, start, desc, disable=not env.main) as bar:
+        for step, (idx, x, y) in zip(range(start, steps), loader):
+            lr = lr_at(step, steps, warmup, cfg.lr)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            guard.begin()
+            logs: dict[str, torch.Tensor] = {}
+            for m, (idx_m, x_m, y_m) in micro_batches(cfg.accum_steps, idx, x, y):
+                keys = sample_keys(cfg.seed, step, idx_m)
+                x_m, y_m = keyed_hflip(keys, x_m.to(device), y_m.to(device))  # B,3,H,W / B,H,W
+                with (
+                    autocast(device, cfg.precision),
+                    dist.no_sync(model, sync=m == cfg.accum_steps - 1),
+                ):
+                    losses = step_fn(model, x_m, y_m, keys)
+                    (losses["loss"] / cfg.accum_steps).backward()
+                for k, v in losses.items():
+                    logs[k] = logs.get(k, 0.0) + v.detach().float() / cfg.accum_steps
+            # the gradients are all-reduced, so every rank takes the same decision
+            gnorm = torch.nn.utils.clip_grad_norm_(trainable, float("inf"))
+            ok = guard.ok(step, logs["loss"], gnorm)  # a NaN/inf step is skipped
+            if ok:
+                opt.step()
+            bar.update(1)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == steps:  # host syncs only when logging
+                vals = dist.mean_over_ranks({k: v.item() for k, v in logs.items()}, env)
+                bar.set_postfix(loss=f"{vals['loss']:.4f}")
+                if ok:
+                    run.log({"step": done, **vals, "lr": lr, "time": time.time() - t0})
+            if done % cfg.save_every == 0 or done == steps:
+                run.save_checkpoint(
+                    done,
+                    {
+                        "model": net.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        **loop_state(sampler, steps, warmup),
+                    },
+                )
+    return time.time() - t0
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    num_classes: int,
+    ignore_index: int,
+    device: torch.device,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """Confusion matrix over the whole split; logits are upsampled to each mask's size."""
+    model.eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for x, y in track(loader, "evaluate"):
+        logits = model(x.to(device))  # B, K, h, w
+        logits = F.interpolate(logits.float(), y.shape[-2:], mode="bilinear", align_corners=False)
+        cm += confusion_matrix(logits.argmax(1).cpu(), y, num_classes, ignore_index)
+    return cm
+
+
+def evaluate_and_report(
+    model: torch.nn.Module,
+    data: LabelledData,
+    cfg: Any,
+    run: Run,
+    device: torch.device,
+    **extra: Any,
+) -> dict[str, Any]:
+    """mIoU (and per-class IoU, pixel accuracy) on the evaluation split at the masks' full
+    resolution; written to RUN/metrics.json and printed."""
+    # masks are compared at full resolution: batch only when they all have one size
+    bs = cfg.eval_batch_size if len(data.eval.mask_sizes) == 1 else 1
+    seed_everything(cfg.seed)  # a teacher-side model draws its noise from the global RNG
+    folder = data.folder
+    cm = evaluate(model, data.eval, folder.num_classes, folder.ignore_index, device, bs)
+    iou = iou_per_class(cm)
+    metrics = {
+        "miou": mean_iou(cm),
+        "per_class_iou": {
+            n: (None if math.isnan(v) else float(v) * 100)
+            for n, v in zip(folder.class_names, iou.tolist(), strict=True)
+        },
+        "split": data.split,
+        "labels": len(data.train_ids),
+        "seed": cfg.seed,
+        **extra,
+        "image_size": cfg.image_size,
+        "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1) * 100),
+    }
+    atomic_json(metrics, run.dir / "metrics.json")
+    print(format_metrics(metrics))
+    return metrics
+
+
+def format_metrics(m: dict) -> str:
+    rows = [f"{'class':<16} IoU %"] + [
+        f"{k:<16} {'-' if v is None else f'{v:5.1f}'}" for k, v in m["per_class_iou"].items()
+    ]
+    rows.append(f"{'mIoU':<16} {m['miou']:5.1f}   ({m['split']} split, {m['labels']} labels)")
+    return "\n".join(rows)

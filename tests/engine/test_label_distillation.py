@@ -1,0 +1,166 @@
+"""Label and mix distillation end to end at tiny sizes (METHOD.md section 4): train-interpreter
+through the CLI, then pretrain --mode mix / label with the real teacher, interpreter, student."""
+
+import json
+
+import pytest
+import torch
+
+import dreamteacher as dt
+from dreamteacher.cli import main
+from dreamteacher.errors import UserError
+from dreamteacher.losses import label_distillation_loss
+from dreamteacher.student import Backbone, FeatureRegressor, Student
+from dreamteacher.teachers import load_teacher
+from dreamteacher.teachers.interpreter import load_interpreter
+
+
+def _log(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def interpreter_run(scenes, teacher_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("interp") / "run"
+    code = main(
+        [
+            "train-interpreter",
+            "--teacher",
+            str(teacher_run),
+            "--data",
+            str(scenes),
+            "--labels",
+            "8",
+            "--epochs",
+            "30",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "channels=32",
+            "warmup_epochs=3",
+            "log_every=1",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_interpreter_outputs(interpreter_run, scenes):
+    m = json.loads((interpreter_run / "metrics.json").read_text())
+    assert m["split"] == "test" and m["labels"] == 8 and 0 <= m["miou"] <= 100
+    assert len(m["per_class_iou"]) == 5
+    ids = json.loads((interpreter_run / "labeled_ids.json").read_text())["ids"]
+    split = json.loads((scenes / "splits.json").read_text())
+    assert len(ids) == 8 and set(ids) <= set(split["train"])
+    interp, meta = load_interpreter(interpreter_run)
+    assert meta["t"] == [50] and meta["strides"] == [4, 8, 16, 32] and interp.num_classes == 5
+    log = _log(interpreter_run)
+    assert len(log) == 30 and {"ce", "dice"} <= set(log[0])
+    assert log[0]["lr"] < log[3]["lr"]  # 3 warm-up epochs of 1 step
+    first = sum(r["loss"] for r in log[:3]) / 3
+    last = sum(r["loss"] for r in log[-3:]) / 3
+    assert last < 0.85 * first, (first, last)
+    assert abs(log[0]["loss"] - (log[0]["ce"] + 3 * log[0]["dice"])) < 1e-4
+
+
+def _student_kl(state, teacher, interp, x, keys, mode="mix"):
+    """KL(p_interpreter || p_student) at tau 4 on a fixed batch."""
+    torch.manual_seed(0)
+    bb = Backbone("resnet18")
+    channels = teacher.channels if mode == "mix" else []
+    s = Student(bb, FeatureRegressor(bb.channels, channels, 256, interp.num_classes)).eval()
+    if state is not None:
+        bb.load_state_dict(state["backbone_state"], strict=False)
+        s.regressor.load_state_dict(state["regressor_state"])
+    soft = interp(teacher(x, keys))
+    with torch.no_grad():
+        logits = s(x).logits
+    return (label_distillation_loss(logits, soft) - label_distillation_loss(soft, soft)).item()
+
+
+def test_mix_pretraining_learns_the_soft_labels(scenes, teacher_run, interpreter_run, tmp_path):
+    run = dt.pretrain(
+        data=str(scenes),
+        teacher=str(teacher_run),
+        out=str(tmp_path / "mix"),
+        mode="mix",
+        interpreter=str(interpreter_run),
+        splits=["train"],
+        backbone="resnet18",
+        epochs=8,
+        batch_size=4,
+        warmup_epochs=1,
+        log_every=1,
+        device="cpu",
+    )
+    log = _log(run)
+    assert len(log) == 32 and all({"mse", "at", "ld"} <= set(r) for r in log)
+    r = log[0]
+    assert r["loss"] == pytest.approx(r["mse"] + 10 * r["at"] + r["ld"], rel=1e-5)
+    final = torch.load(run / "final.pt", weights_only=False)
+    assert final["mode"] == "mix" and final["method"] == "dreamteacher-mix"
+    # the distilled student agrees with the interpreter far better than a fresh one
+    teacher = load_teacher(teacher_run)
+    interp, _ = load_interpreter(interpreter_run)
+    from dreamteacher.data import unlabeled_images
+
+    data = unlabeled_images(str(scenes), [32, 32], ["train"])
+    x = torch.stack([data[i] for i in range(8)])
+    keys = list(range(8))
+    before = _student_kl(None, teacher, interp, x, keys)
+    after = _student_kl(final, teacher, interp, x, keys)
+    assert after < 0.5 * before, (before, after)
+    bb = dt.export(run, tmp_path / "bb")
+    cfg = json.loads((bb / "config.json").read_text())
+    assert cfg["method"] == "dreamteacher-mix"
+    assert dt.load_backbone(bb).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 1000)
+
+
+def test_label_mode_trains_only_through_the_logit_head(
+    scenes, teacher_run, interpreter_run, tmp_path
+):
+    run = dt.pretrain(
+        data=str(scenes),
+        teacher=str(teacher_run),
+        out=str(tmp_path / "label"),
+        mode="label",
+        interpreter=str(interpreter_run),
+        splits=["train"],
+        backbone="resnet18",
+        epochs=1,
+        batch_size=8,
+        warmup_epochs=0,
+        log_every=1,
+        device="cpu",
+    )
+    log = _log(run)
+    assert "ld" in log[0] and "mse" not in log[0]
+    assert log[0]["loss"] == pytest.approx(log[0]["ld"])
+    reg = torch.load(run / "final.pt", weights_only=False)["regressor_state"]
+    assert not any(k.startswith("heads.") for k in reg)
+    assert any(k.startswith("logit_head.") for k in reg)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"mode": "both"}, "unknown --mode 'both'"),
+        ({"mode": "mix"}, "--mode mix needs --interpreter"),
+        ({"interpreter": "INTERP"}, "only used with --mode label or mix"),
+        ({"mode": "mix", "interpreter": "INTERP", "t": [150]}, r"t=\[50\].*pass t=50"),
+        ({"mode": "label", "interpreter": "NOWHERE"}, "interpreter.pt not found"),
+    ],
+)
+def test_mode_errors(kw, match, scenes, teacher_run, interpreter_run, tmp_path):
+    kw = {k: str(interpreter_run) if v == "INTERP" else v for k, v in kw.items()}
+    kw = {k: str(tmp_path / "x") if v == "NOWHERE" else v for k, v in kw.items()}
+    with pytest.raises(UserError, match=match):
+        dt.pretrain(
+            data=str(scenes),
+            teacher=str(teacher_run),
+            out=str(tmp_path / "p"),
+            backbone="resnet18",
+            device="cpu",
+            **kw,
+        )
