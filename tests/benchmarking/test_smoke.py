@@ -17,9 +17,11 @@ def test_smoke_profile_end_to_end_then_cached(tmp_path):
     kw = {"profile": "smoke", "device": "cpu", "labels": [4, 100]}
     r = dt.benchmark(str(data), str(out), **kw)
     methods = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
+    methods += ["dt-mix", "dt-label"]  # distilled from each subset's interpreter
+    side = ["interpreter", "ddpm-seg"]  # teacher-side: one row per N and seed
     assert r["complete"] and {(x["method"], x["protocol"], x["labels"]) for x in r["runs"]} == {
         (m, p, n) for m in methods for p in ("finetune", "frozen") for n in (4, 100)
-    }
+    } | {(m, "teacher-side", n) for m in side for n in (4, 100)}
     assert all(0 <= x["miou"] <= 100 for x in r["runs"])
     assert {x["labelled_images"] for x in r["runs"]} == {4, 18}  # 100 > the 18 train images
     assert json.loads((out / "results.json").read_text()) == r
@@ -27,12 +29,13 @@ def test_smoke_profile_end_to_end_then_cached(tmp_path):
     assert "**finetune**" in md and "**frozen**" in md and "| densecl |" in md
     assert (out / "miou_vs_labels.png").stat().st_size > 5000
     stages = [c["stage"] for c in r["costs"]]
-    assert stages[0].startswith("teacher") and len(stages) == 6
+    assert stages[0].startswith("teacher") and len(stages) == 1 + 5 + 2 * 4
     assert all(c["images_seen"] > 0 for c in r["costs"])
     test_ids = set(json.loads((data / "splits.json").read_text())["test"])
     sub = json.loads((out / "subsets" / "N4_seed0.json").read_text())
     assert len(sub["ids"]) == 4 and not set(sub["ids"]) & test_ids
-    assert r["cells_computed"] == 1 + 5 + 24
+    # teacher, 5 pretrainings, per N (interpreter, dt-mix, dt-label, ddpm-seg), 32 evaluations
+    assert r["cells_computed"] == 1 + 5 + 2 * 4 + 8 * 2 * 2
 
     # an interrupted benchmark resumes: drop one finished cell, everything else is reused
     victim = next((out / "cells").glob("eval-byol-frozen-N4-*"))
@@ -48,4 +51,4 @@ def test_smoke_profile_end_to_end_then_cached(tmp_path):
 
     # a changed frozen recipe recomputes the frozen evaluations only
     changed = dt.benchmark(str(data), str(out), frozen_steps=3, **kw)
-    assert changed["cells_computed"] == 12
+    assert changed["cells_computed"] == 8 * 2

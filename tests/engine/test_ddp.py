@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -25,7 +26,24 @@ def _params(run):
     return {k: v for k, v in sd.items() if "running_" not in k and "num_batches" not in k}
 
 
-def test_ddp_matches_single_process(scenes, teacher_run, tmp_path):
+@pytest.mark.parametrize("mode", ["feature", "mix"])
+def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path):
+    """mix: the student's logit head and the interpreter's soft labels under DDP too."""
+    extra = []
+    if mode == "mix":
+        import dreamteacher as dt
+
+        interp = tmp_path / "interp"
+        dt.train_interpreter(
+            data=str(scenes),
+            teacher=str(teacher_run),
+            out=str(interp),
+            labels=4,
+            max_steps=2,
+            channels=32,
+            device="cpu",
+        )
+        extra = ["--mode", "mix", "--interpreter", interp]
     common = [
         "pretrain",
         "--data",
@@ -45,6 +63,7 @@ def test_ddp_matches_single_process(scenes, teacher_run, tmp_path):
         "warmup_epochs=0",
         "lr=1e-3",
         "log_every=1",
+        *extra,
     ]
     _cli([*common, "--out", tmp_path / "single", "accum_steps=2"])
     p = _cli(
@@ -69,6 +88,7 @@ def test_ddp_matches_single_process(scenes, teacher_run, tmp_path):
     lb = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lb] == [1, 2, 3, 4] and len(la) == len(lb)
     assert all(abs(x["loss"] - y["loss"]) < 1e-4 for x, y in zip(la, lb, strict=True))
+    assert ("ld" in la[0]) == (mode == "mix")
     assert la[0]["images_seen"] == lb[0]["images_seen"] == 8
 
 

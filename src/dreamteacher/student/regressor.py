@@ -19,7 +19,9 @@ class RegressorOutput(NamedTuple):
 
 class FeatureRegressor(nn.Module):
     """`teacher_channels` empty: no feature heads (label distillation only); `num_classes`:
-    add UPerNet's fused logit head for the interpreter's soft labels."""
+    add UPerNet's fused logit head for the interpreter's soft labels. The logit head has no
+    dropout: every random choice in pretraining is keyed by sample, so a K-rank run matches a
+    one-process run with the same global batch (dropout draws from a per-process stream)."""
 
     def __init__(
         self,
@@ -31,7 +33,9 @@ class FeatureRegressor(nn.Module):
         super().__init__()
         self.decoder = UPerDecoder(in_channels, ch)
         self.heads = nn.ModuleList(nn.Conv2d(ch, c, 1) for c in teacher_channels)
-        self.logit_head = FusedLogits(ch, len(in_channels), num_classes) if num_classes else None
+        self.logit_head = (
+            FusedLogits(ch, len(in_channels), num_classes, dropout=0.0) if num_classes else None
+        )
 
     def forward(self, feats: list[torch.Tensor]) -> RegressorOutput:
         """[C2..C5] -> predictions of the teacher maps (and class logits)."""
