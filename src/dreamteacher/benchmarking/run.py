@@ -178,39 +178,48 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     # backbones distilled from the interpreter's soft labels (dt-mix, dt-label)
     runs: list[dict[str, Any]] = []
     side = {**base, "teacher": teacher["key"]} if uses_teacher else {}
+
+    def side_cell(name, n, seed, train_fn, settings, batch, cleanup, **extra) -> dict:
+        """A segmenter trained on the teacher's features of the (N, seed) subset and
+        evaluated: `settings` are both its cell's parameters and train_fn's keywords."""
+
+        def fn(d: Path) -> dict:
+            m = train_fn(
+                data=data,
+                teacher=teacher_run,
+                out=str(d / "run"),
+                labels=n,
+                seed=seed,
+                image_size=size,
+                **settings,
+                **extra,
+                **run_opts,
+            )
+            return _eval_record(m, m["steps"] * batch)
+
+        print(f"benchmark: {name} N{n}-seed{seed}")
+        params = {**side, "labels": n, "seed": seed, **settings}
+        return cells.get(f"{name}-N{n}-seed{seed}", params, fn, cleanup=cleanup)
+
     for (n, seed), ids in subsets.items():
         tag = f"N{n}-seed{seed}"
-        needs_interp = [m for m in cfg.methods if m in LABEL_DISTILLED or m == "interpreter"]
-        if needs_interp:
-            ip = {
-                **side,
-                "labels": n,
-                "seed": seed,
+        if any(m in LABEL_DISTILLED or m == "interpreter" for m in cfg.methods):
+            settings = {
                 "epochs": cfg.interpreter_epochs,
                 "max_steps": cfg.interpreter_max_steps,
                 "channels": cfg.interpreter_channels,
                 "batch_size": cfg.finetune_batch_size,
             }
-
-            def fn(d: Path, n=n, seed=seed) -> dict:
-                m = api.train_interpreter(
-                    data=data,
-                    teacher=teacher_run,
-                    out=str(d / "run"),
-                    labels=n,
-                    seed=seed,
-                    image_size=size,
-                    epochs=cfg.interpreter_epochs,
-                    max_steps=cfg.interpreter_max_steps,
-                    channels=cfg.interpreter_channels,
-                    batch_size=cfg.finetune_batch_size,
-                    eval_batch_size=cfg.eval_batch_size,
-                    **run_opts,
-                )
-                return _eval_record(m, m["steps"] * cfg.finetune_batch_size)
-
-            print(f"benchmark: interpreter {tag}")
-            interp = cells.get(f"interpreter-{tag}", ip, fn, cleanup=["run/checkpoints"])
+            interp = side_cell(
+                "interpreter",
+                n,
+                seed,
+                api.train_interpreter,
+                settings,
+                cfg.finetune_batch_size,
+                ["run/checkpoints"],
+                eval_batch_size=cfg.eval_batch_size,
+            )
             costs.append({"stage": f"interpreter {tag}", **_cost(interp)})
             if "interpreter" in cfg.methods:
                 runs.append(_run_row("interpreter", TEACHER_SIDE_PROTOCOL, n, ids, seed, interp))
@@ -231,35 +240,14 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 weights[(method, n, seed)] = str(Path(rec["folder"]) / "backbone")
                 pre_keys[(method, n, seed)] = rec["key"]
         if "ddpm-seg" in cfg.methods:
-            dp = {
-                **side,
-                "labels": n,
-                "seed": seed,
+            settings = {
                 "t": cfg.ddpm_seg_t,
                 "steps": cfg.ddpm_seg_steps,
                 "ensemble": cfg.ddpm_seg_ensemble,
                 "pixels": cfg.ddpm_seg_pixels,
             }
-
-            def fn(d: Path, n=n, seed=seed) -> dict:
-                m = api.train_ddpm_seg(
-                    data=data,
-                    teacher=teacher_run,
-                    out=str(d / "run"),
-                    labels=n,
-                    seed=seed,
-                    image_size=size,
-                    t=cfg.ddpm_seg_t,
-                    steps=cfg.ddpm_seg_steps,
-                    ensemble=cfg.ddpm_seg_ensemble,
-                    pixels=cfg.ddpm_seg_pixels,
-                    **run_opts,
-                )
-                return _eval_record(m, cfg.ddpm_seg_steps * 4)
-
-            print(f"benchmark: ddpm-seg {tag}")
             cleanup = ["run/checkpoints", "run/model.pt"]
-            rec = cells.get(f"ddpm-seg-{tag}", dp, fn, cleanup=cleanup)
+            rec = side_cell("ddpm-seg", n, seed, api.train_ddpm_seg, settings, 4, cleanup)
             runs.append(_run_row("ddpm-seg", TEACHER_SIDE_PROTOCOL, n, ids, seed, rec))
             costs.append({"stage": f"ddpm-seg {tag}", **_cost(rec)})
 
