@@ -164,3 +164,26 @@ def test_mode_errors(kw, match, scenes, teacher_run, interpreter_run, tmp_path):
             device="cpu",
             **kw,
         )
+
+
+def test_train_interpreter_errors(scenes, teacher_run, tmp_path, capsys):
+    with pytest.raises(UserError, match="no teacher given"):
+        dt.train_interpreter(data=str(scenes), out=str(tmp_path / "a"), device="cpu")
+    with pytest.raises(UserError, match="is not a mask folder"):
+        dt.train_interpreter(
+            data=str(scenes / "images"), teacher=str(teacher_run), out=str(tmp_path / "b")
+        )
+    code = main(
+        [
+            "train-interpreter",
+            "--teacher",
+            str(teacher_run),
+            "--data",
+            str(scenes),
+            "--out",
+            str(tmp_path / "c"),
+            "dice=3",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unknown config key 'dice'" in err[0]
