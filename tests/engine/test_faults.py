@@ -10,7 +10,7 @@ import torch
 import dreamteacher as dt
 import dreamteacher.engine.common as common
 from dreamteacher.errors import UserError
-from dreamteacher.losses import feature_distillation_loss
+from dreamteacher.losses import mix_distillation_loss
 
 # the module, not the function of the same name that dreamteacher.engine re-exports
 pretrain_mod = importlib.import_module("dreamteacher.engine.pretrain")
@@ -21,7 +21,7 @@ def _nan_at(bad_steps):
     calls = {"n": 0}
 
     def loss(*a, **k):
-        out = feature_distillation_loss(*a, **k)
+        out = mix_distillation_loss(*a, **k)
         if calls["n"] in bad_steps:
             out["loss"] = out["loss"] * float("nan")
         calls["n"] += 1
@@ -45,7 +45,7 @@ def _kw(scenes, teacher_run):
 
 
 def test_a_nan_step_is_skipped(scenes, teacher_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(pretrain_mod, "feature_distillation_loss", _nan_at({1}))
+    monkeypatch.setattr(pretrain_mod, "mix_distillation_loss", _nan_at({1}))
     with pytest.warns(UserWarning, match=r"step 2: non-finite loss.*skipped \(1/10"):
         run = dt.pretrain(out=str(tmp_path / "p"), epochs=1, **_kw(scenes, teacher_run))
     final = torch.load(run / "final.pt", weights_only=False)["backbone_state"]
@@ -57,7 +57,7 @@ def test_a_nan_step_is_skipped(scenes, teacher_run, tmp_path, monkeypatch):
 def test_too_many_bad_steps_stop_and_keep_the_checkpoint(
     scenes, teacher_run, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(pretrain_mod, "feature_distillation_loss", _nan_at(set(range(2, 99))))
+    monkeypatch.setattr(pretrain_mod, "mix_distillation_loss", _nan_at(set(range(2, 99))))
     out = tmp_path / "p"
     with (
         pytest.warns(UserWarning),
