@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamteacher.engine.randomness import mix
-from dreamteacher.teachers.base import Teacher
+from dreamteacher.teachers.base import OnTeacher, Teacher
 
 
 def pixel_mlp(d: int, hidden: list[int], num_classes: int) -> nn.Sequential:
@@ -40,7 +40,7 @@ def _at_step(teacher: Teacher, t: int):
         teacher.t = saved
 
 
-class DDPMSeg(nn.Module):
+class DDPMSeg(OnTeacher):
     """images # B, 3, H, W -> logits # B, K, H, W (log of the ensemble's mean probability).
     In training mode with masks, forward returns per member (pixel logits # P, K, labels # P)."""
 
@@ -55,17 +55,12 @@ class DDPMSeg(nn.Module):
         ignore_index: int = 255,
         chunk: int = 16384,
     ):
-        super().__init__()
-        object.__setattr__(self, "teacher", teacher)  # frozen, not a submodule: not saved
+        super().__init__(teacher)  # frozen, not saved
         self.ts, self.pixels, self.ignore_index, self.chunk = list(ts), pixels, ignore_index, chunk
         self.dim = len(self.ts) * sum(teacher.channels)
         self.members = nn.ModuleList(
             pixel_mlp(self.dim, list(hidden), num_classes) for _ in range(ensemble)
         )
-
-    def _apply(self, fn, recurse=True):
-        self.teacher._apply(fn, recurse)
-        return super()._apply(fn, recurse)
 
     def descriptors(self, x: torch.Tensor, keys: list[int] | None = None) -> torch.Tensor:
         """# B, 3, H, W -> B, D, H, W: every tapped map at every t, upsampled and concatenated.

@@ -20,6 +20,7 @@ from dreamteacher.engine.common import (
     Run,
     atomic_save,
     autocast,
+    epoch_schedule,
     loop_state,
     lr_at,
     param_groups,
@@ -67,11 +68,7 @@ def pretrain_baseline(cfg: BaselineConfig) -> Path:
     run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
-    steps_per_epoch = max(1, len(data) // global_batch)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    steps_per_epoch, total, warmup = epoch_schedule(len(data), global_batch, cfg)
     start = restore(run, cfg.resume, net, opt)
     model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
     sampler, loader = training_loader(data, cfg, env, device, start, total)

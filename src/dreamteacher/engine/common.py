@@ -64,6 +64,16 @@ def lr_at(step: int, total: int, warmup: int, base: float, final_frac: float = 0
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+def epoch_schedule(n: int, global_batch: int, cfg: Any) -> tuple[int, int, int]:
+    """(steps per epoch, total steps, warm-up steps) for an epoch-based run over n samples:
+    cfg.epochs (capped by cfg.max_steps) and cfg.warmup_epochs, in optimizer steps."""
+    steps_per_epoch = max(1, n // global_batch)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    return steps_per_epoch, total, int(round(cfg.warmup_epochs * steps_per_epoch))
+
+
 def loop_state(sampler, total: int, warmup: int) -> dict[str, Any]:
     """What a checkpoint records about the data order and the lr schedule besides the step
     (both are functions of the step, so resuming at step k replays them exactly)."""

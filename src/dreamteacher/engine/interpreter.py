@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dreamteacher.config import InterpreterConfig
 from dreamteacher.engine import dist
-from dreamteacher.engine.common import Run, resolve_teacher, seed_everything
+from dreamteacher.engine.common import Run, epoch_schedule, resolve_teacher, seed_everything
 from dreamteacher.engine.supervised import LabelledData, evaluate_and_report, fit
 from dreamteacher.losses import segmentation_loss
 from dreamteacher.teachers.interpreter import (
@@ -31,11 +31,7 @@ def train_interpreter(cfg: InterpreterConfig) -> dict:
     run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
     data.save_ids(run, cfg.seed)
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
-    steps_per_epoch = max(1, len(data.train) // global_batch)
-    steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        steps = min(steps, cfg.max_steps)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    steps_per_epoch, steps, warmup = epoch_schedule(len(data.train), global_batch, cfg)
     if env.main:
         print(
             f"train-interpreter: teacher {cfg.teacher} (t={cfg.t}, channels {teacher.channels}) "

@@ -17,6 +17,7 @@ from dreamteacher.engine.common import (
     Run,
     atomic_save,
     autocast,
+    epoch_schedule,
     loop_state,
     lr_at,
     micro_batches,
@@ -86,7 +87,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     """Distil; writes RUN/final.pt (backbone + regressor weights) and returns the run folder."""
     env, device = dist.setup(cfg.device)
     teacher = resolve_teacher(cfg).to(device)  # frozen
-    interpreter, num_classes = check_mode(cfg, teacher)
+    interpreter = check_mode(cfg, teacher)
     if interpreter is not None:
         interpreter = interpreter.to(device)
     cache = None
@@ -107,7 +108,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             backbone.channels,
             teacher.channels if cfg.mode != "label" else [],  # label: no feature heads
             cfg.regressor_channels,
-            num_classes,
+            interpreter.num_classes if interpreter is not None else None,
         ),
     ).to(device)
     channels_last = device.type == "cuda"
@@ -118,11 +119,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
     )
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
-    steps_per_epoch = max(1, len(data) // global_batch)
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    steps_per_epoch, total, warmup = epoch_schedule(len(data), global_batch, cfg)
 
     start = restore(run, cfg.resume, student, opt)
     model = dist.wrap(student, env, device, cfg.sync_bn, cfg.compile)
@@ -225,8 +222,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
     return run.dir
 
 
-def check_mode(cfg: PretrainConfig, teacher) -> tuple[FeatureInterpreter | None, int | None]:
-    """(interpreter, its class count) for label/mix distillation, (None, None) for feature."""
+def check_mode(cfg: PretrainConfig, teacher) -> FeatureInterpreter | None:
+    """The interpreter for label/mix distillation, None for feature distillation."""
     if cfg.mode not in MODES:
         raise UserError(f"unknown --mode '{cfg.mode}'; choose one of {', '.join(MODES)}")
     if cfg.mode == "feature":
@@ -234,7 +231,7 @@ def check_mode(cfg: PretrainConfig, teacher) -> tuple[FeatureInterpreter | None,
             raise UserError(
                 "--interpreter is only used with --mode label or mix; drop it or set the mode"
             )
-        return None, None
+        return None
     if not cfg.interpreter:
         raise UserError(
             f"--mode {cfg.mode} needs --interpreter RUN (a train-interpreter output folder)"
@@ -251,4 +248,4 @@ def check_mode(cfg: PretrainConfig, teacher) -> tuple[FeatureInterpreter | None,
             f"interpreter {cfg.interpreter} reads teacher features at t={meta['t']}, pretrain "
             f"uses t={cfg.t}; pass t={meta['t'][0] if len(meta['t']) == 1 else meta['t']}"
         )
-    return interp, interp.num_classes
+    return interp

@@ -35,6 +35,20 @@ class Teacher(nn.Module):
         return super().train(False)
 
 
+class OnTeacher(nn.Module):
+    """A trainable model on top of a frozen teacher (interpreter, DDPM-seg): the teacher is
+    held but is not a submodule, so it is neither trained nor saved in `state_dict()` (it stays
+    in its own folder); `.to()` / `.cuda()` still move it."""
+
+    def __init__(self, teacher: Teacher):
+        super().__init__()
+        object.__setattr__(self, "teacher", teacher)
+
+    def _apply(self, fn, recurse=True):
+        self.teacher._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+
 _REGISTRY: dict[str, Callable[..., Teacher]] = {}
 # loaders: (predicate on a folder, loader(folder, **kw)), tried in order by `load_teacher`
 _LOADERS: list[tuple[Callable[[Path], bool], Callable[..., Teacher]]] = []

@@ -21,7 +21,7 @@ from torch import nn
 
 from dreamteacher.errors import UserError
 from dreamteacher.losses import whiten
-from dreamteacher.teachers.base import Teacher
+from dreamteacher.teachers.base import OnTeacher, Teacher
 
 
 def _groups(ch: int) -> int:
@@ -75,19 +75,14 @@ class FeatureInterpreter(nn.Module):
         return self.cls(self.dropout(y))
 
 
-class TeacherSegmenter(nn.Module):
+class TeacherSegmenter(OnTeacher):
     """A frozen teacher + its interpreter as one image -> logits model (# B, K, H, W), so the
     segmentation loop and evaluation of `finetune` serve it too. Only the interpreter trains;
     `state_dict()` holds only the interpreter (the teacher stays in its own folder)."""
 
     def __init__(self, teacher: Teacher, interpreter: FeatureInterpreter):
-        super().__init__()
+        super().__init__(teacher)
         self.interpreter = interpreter
-        object.__setattr__(self, "teacher", teacher)  # not a submodule: not saved, not trained
-
-    def _apply(self, fn, recurse=True):
-        self.teacher._apply(fn, recurse)
-        return super()._apply(fn, recurse)
 
     def forward(self, x: torch.Tensor, keys: list[int] | None = None) -> torch.Tensor:
         feats = [f.clone() for f in self.teacher(x, keys)]  # inference mode -> normal tensors
