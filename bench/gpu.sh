@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# One-GPU check, every output under OUT: the label-efficient benchmark's gpu profile (all
-# methods, both protocols, N = 23/46/367, one seed; resnet50 at 256x320) and the throughput bench.
+# One-GPU check, every output under OUT, in BUDGET seconds (default 480 = 8 minutes) at most:
+#   1. the throughput bench, eager and torch.compile'd (teacher and student);
+#   2. peak RSS and GPU memory of pretrain on 1k vs 10k generated images;
+#   3. the label-efficient benchmark's gpu profile (the six pretrained methods, both
+#      protocols, N = 23/46/367, one seed; resnet50 at 256x320).
 #
 #   bench/gpu.sh OUT            # one CUDA GPU, no network needed (DATA=... for another folder)
 #   bench/gpu.sh OUT tiny       # the same commands at tiny sizes on the CPU (what the tests run)
 #
 # Extra arguments after the mode are benchmark key=value overrides. OUT gets gpu.log (stage
-# times), results.json / results.md / miou_vs_labels.png (copied up from OUT/benchmark) and
-# throughput.json. The benchmark writes partial tables after every evaluation, so a run stopped
-# by a time limit still leaves what it finished; re-running resumes from its cached cells.
+# times), throughput.json, memory.json and results.json / results.md / miou_vs_labels.png
+# (copied up from OUT/benchmark). Each stage runs under `timeout` with what is left of the
+# budget; the benchmark writes partial tables after every evaluation, so a run stopped by
+# the budget still leaves what it finished, and re-running resumes from its cached cells.
 set -uo pipefail
 OUT=${1:?usage: bench/gpu.sh OUT_DIR [gpu|tiny] [key=value ...]}
 MODE=${2:-gpu}
@@ -17,33 +21,47 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 DATA=${DATA:-../shared/datasets/camvid}
+BUDGET=${BUDGET:-480}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
 if [ "$MODE" = tiny ]; then
-  DEV=cpu; QUICK=--quick; PROFILE=smoke
+  DEV=cpu; PROFILE=smoke
+  THROUGHPUT=(--quick --compile --compile-backend aot_eager)  # inductor's C++ build is slow
+  MEMORY=(--sizes 40 400 --steps 3)
   "$PY" -c "from dreamteacher.data.synthetic import make_scenes as m; m('$OUT/data', n=30, image_size=(32, 48), splits={'train': 0.6, 'val': 0.1, 'test': 0.3})"
   DATA=$OUT/data
   EXTRA=(labels=[4] methods=[scratch,dreamteacher,simclr])
 else
-  DEV=cuda; QUICK=; PROFILE=gpu; EXTRA=()
+  DEV=cuda; PROFILE=gpu
+  THROUGHPUT=(--compile)
+  MEMORY=(--sizes 1000 10000 --steps 20)
+  EXTRA=()
 fi
 
 t0=$SECONDS
 stage() { echo "[$(date +%T) +$((SECONDS - t0))s] $*" | tee -a "$OUT/gpu.log"; }
 rc=0
+# run a stage under what is left of the budget; exit 124 = stopped by the budget
+timed() {
+  local left=$((BUDGET - (SECONDS - t0)))
+  if [ "$left" -le 0 ]; then stage "skipped: the ${BUDGET} s budget is spent"; rc=1; return; fi
+  timeout --signal=TERM --kill-after=10 "$left" "$@" 2>>"$OUT/stderr.log" | tee -a "$OUT/gpu.log"
+  local s=${PIPESTATUS[0]}
+  if [ "$s" -eq 124 ] || [ "$s" -eq 137 ]; then stage "stopped at the ${BUDGET} s budget"; fi
+  [ "$s" -eq 0 ] || rc=1
+}
 
 stage "throughput ($DEV)"
-"$PY" bench/throughput.py --device "$DEV" $QUICK --out "$OUT/throughput.json" \
-  2>>"$OUT/stderr.log" | tee -a "$OUT/gpu.log" || rc=1
+timed "$PY" bench/throughput.py --device "$DEV" "${THROUGHPUT[@]}" --out "$OUT/throughput.json"
+stage "memory against dataset size ($DEV)"
+timed "$PY" bench/memory.py --device "$DEV" "${MEMORY[@]}" --out "$OUT/memory.json"
 stage "benchmark --profile $PROFILE ($DEV) on $DATA"
-"$PY" -m dreamteacher benchmark --profile "$PROFILE" --data "$DATA" --out "$OUT/benchmark" \
-  --device "$DEV" "${EXTRA[@]}" "$@" 2>>"$OUT/stderr.log" \
-  | tee -a "$OUT/gpu.log" || rc=1
+timed "$PY" -m dreamteacher benchmark --profile "$PROFILE" --data "$DATA" \
+  --out "$OUT/benchmark" --device "$DEV" "${EXTRA[@]}" "$@"
 for f in results.json results.md miou_vs_labels.png; do
   [ -f "$OUT/benchmark/$f" ] && cp "$OUT/benchmark/$f" "$OUT/$f"
 done
-stage "benchmark done (rc=$rc)"
 
 stage "done (rc=$rc) in $((SECONDS - t0)) s"
 exit $rc

@@ -1,10 +1,11 @@
-"""Peak RSS of `pretrain` against the dataset's size (it must not grow with it).
+"""Peak RSS (and GPU memory) of `pretrain` against the dataset's size (must not grow with it).
 
-    python bench/memory.py [--sizes 1000 10000] [--steps 20] [--out FILE.json]
+    python bench/memory.py [--sizes 1000 10000] [--steps 20] [--device cpu|cuda] [--out FILE]
 
 For each size: generate that many 32x32 scenes, run `dreamteacher pretrain` for a fixed
 number of steps in a fresh process (random-init tiny teacher, resnet18), and read that
-process's own peak RSS (getrusage) at exit.
+process's own peak RSS (getrusage) at exit; on CUDA also torch's peak allocated and reserved
+GPU memory.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ import resource, sys
 from dreamteacher.cli import main
 code = main(sys.argv[1:])
 print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+import torch
+if torch.cuda.is_initialized():
+    print("PEAK_GPU_BYTES", torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())
 sys.exit(code)
 """
 
@@ -39,7 +43,7 @@ def make_teacher(out: Path, size: int) -> Path:
     return out
 
 
-def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int) -> dict:
+def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int, device: str = "cpu") -> dict:
     from dreamteacher.data.synthetic import make_scenes
 
     t = time.time()
@@ -58,7 +62,7 @@ def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int) -> dict:
         "--batch-size",
         "16",
         "--device",
-        "cpu",
+        device,
         f"max_steps={steps}",
         "epochs=1000",
         "warmup_epochs=0",
@@ -67,14 +71,19 @@ def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int) -> dict:
     p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(p.stderr[-2000:])
-    kb = int(next(x for x in p.stdout.splitlines() if x.startswith("PEAK_RSS_KB")).split()[1])
-    return {
+    lines = {x.split()[0]: x.split()[1:] for x in p.stdout.splitlines() if x.startswith("PEAK_")}
+    row = {
         "images": n,
         "steps": steps,
-        "peak_rss_mb": kb / 1024,
+        "device": device,
+        "peak_rss_mb": int(lines["PEAK_RSS_KB"][0]) / 1024,
         "run_s": time.time() - t,
         "generate_s": gen,
     }
+    if "PEAK_GPU_BYTES" in lines:
+        alloc, reserved = (int(v) / 2**20 for v in lines["PEAK_GPU_BYTES"])
+        row |= {"peak_gpu_allocated_mb": alloc, "peak_gpu_reserved_mb": reserved}
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,16 +93,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=32)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (also reports GPU memory)")
     ap.add_argument("--out", default="bench/results/memory.json")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         teacher = make_teacher(tmp / "teacher", args.image_size)
-        rows = [measure(n, args.steps, tmp, teacher, args.image_size) for n in args.sizes]
+        rows = [
+            measure(n, args.steps, tmp, teacher, args.image_size, args.device) for n in args.sizes
+        ]
     for r in rows:
+        gpu = ""
+        if "peak_gpu_allocated_mb" in r:
+            gpu = (
+                f", GPU peak {r['peak_gpu_allocated_mb']:.1f} MB allocated "
+                f"({r['peak_gpu_reserved_mb']:.1f} MB reserved)"
+            )
         print(
-            f"{r['images']:>7} images: peak RSS {r['peak_rss_mb']:7.1f} MB "
-            f"({r['steps']} steps in {r['run_s']:.1f} s)"
+            f"{r['images']:>7} images: peak RSS {r['peak_rss_mb']:7.1f} MB{gpu} "
+            f"({r['steps']} steps in {r['run_s']:.1f} s on {r['device']})"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,14 @@
 """Throughput of a full pretrain step and of its parts, measured separately in one run.
 
-    python bench/throughput.py [--device cpu|cuda] [--quick] [--out FILE.json]
+    python bench/throughput.py [--device cpu|cuda] [--quick] [--compile] [--out FILE.json]
 
 Parts: data loading alone; teacher forward alone (inference); student + regressor forward
 and backward + optimizer step alone (targets precomputed); and the full step (data -> teacher
 -> student -> loss -> backward -> step) through the same function the pretrain loop uses.
 Prints images/s and the overhead ratio step / (teacher + student); on CUDA also TFLOP/s
-(counted with torch.utils.flop_counter) against the device's dense bf16 peak.
+(counted with torch.utils.flop_counter) against the device's dense bf16 peak. With --compile,
+the teacher alone and the full step again with torch.compile (`compile_teacher=true` and
+`compile=true`), and the seconds the first compiled calls took.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dreamteacher.engine.pretrain import distill_forward_backward
 from dreamteacher.engine.randomness import sample_keys
 from dreamteacher.losses import feature_distillation_loss
 from dreamteacher.student import Backbone, FeatureRegressor, Student
-from dreamteacher.teachers import create_teacher
+from dreamteacher.teachers import DiffusionTeacher, create_teacher
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}
 
@@ -68,18 +70,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _timeit(fn, iters: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call (median of `iters`, after `warmup` calls)."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+def _time_interleaved(fns: dict, iters: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per call of each fn: the median over `iters` rounds (after `warmup` rounds),
+    each round calling every fn once in turn, so that a drift of the machine's speed (a
+    shared CPU) hits every part alike and the ratios between parts stay meaningful."""
+    times = {k: [] for k in fns}
+    for r in range(warmup + iters):
+        for k, fn in fns.items():
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def device_label(device: torch.device) -> str:
@@ -96,7 +100,13 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
-def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = None) -> dict:
+def run(
+    device_name: str = "cpu",
+    quick: bool = False,
+    overrides: dict | None = None,
+    compile_backend: str | None = None,
+) -> dict:
+    """`compile_backend` (e.g. "inductor"): also time the compiled teacher and step."""
     device = torch.device(device_name)
     p = dict(PROFILES["quick" if quick else ("cuda" if device.type == "cuda" else "cpu")])
     p.update(overrides or {})
@@ -130,7 +140,7 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
             idx, x = next(batches)
             x.to(device, non_blocking=True)
 
-        def teacher_only():
+        def teacher_only(teacher=teacher):
             with autocast(device):
                 teacher(xd, keys0)
 
@@ -143,11 +153,11 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
 
         step_no = [0]
 
-        def full_step():
+        def full_step(model=student, teacher=teacher):
             idx, x = next(batches)
             opt.zero_grad(set_to_none=True)
             distill_forward_backward(
-                student,
+                model,
                 teacher,
                 x,
                 sample_keys(0, step_no[0], idx),
@@ -183,12 +193,28 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
             opt.step()
             step_no[0] += 1
 
-        it, wu = p["iters"], p["warmup"]
-        t_data = _timeit(data_only, it, wu, device)
-        t_teacher = _timeit(teacher_only, it, wu, device)
-        t_student = _timeit(student_only, it, wu, device)
-        t_step = _timeit(full_step, it, wu, device)
-        t_cached = _timeit(cached_step, it, wu, device)
+        parts = {
+            "data": data_only,
+            "teacher": teacher_only,
+            "student": student_only,
+            "step": full_step,
+            "cached_step": cached_step,
+        }
+        compile_s = {}
+        if compile_backend:  # a second teacher on the same UNet, compiled; the student too
+            cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
+            cteacher = cteacher.to(device).compile_features(backend=compile_backend)
+            cstudent = torch.compile(student, backend=compile_backend)
+            parts["compiled_teacher"] = lambda: teacher_only(cteacher)
+            parts["compiled_step"] = lambda: full_step(cstudent, cteacher)
+            for k in ("compiled_teacher", "compiled_step"):
+                t = time.perf_counter()
+                parts[k]()  # compiles
+                _sync(device)
+                compile_s[k.removeprefix("compiled_")] = time.perf_counter() - t
+        sec = _time_interleaved(parts, p["iters"], p["warmup"], device)
+        t_data, t_teacher, t_student = sec["data"], sec["teacher"], sec["student"]
+        t_step, t_cached = sec["step"], sec["cached_step"]
 
         flops = None
         if device.type == "cuda":
@@ -226,6 +252,15 @@ def run(device_name: str = "cpu", quick: bool = False, overrides: dict | None = 
         },
         "teacher_share_of_step": t_teacher / t_step,
     }
+    if compile_backend:
+        c = {k: sec[f"compiled_{k}"] for k in ("teacher", "step")}
+        res["compiled"] = {
+            "backend": compile_backend,
+            "images_per_s": {k: B / v for k, v in c.items()},
+            "seconds_per_batch": c,
+            "compile_s": compile_s,
+            "speedup": {k: sec[k] / v for k, v in c.items()},
+        }
     if flops is not None:
         achieved = flops / t_step / 1e12
         res["tflops_per_step"] = flops / 1e12
@@ -255,6 +290,14 @@ def format_result(r: dict) -> str:
         f"  feature cache: step {c['speedup']:.2f}x faster, "
         f"{c['bytes_per_image'] / 1024:.1f} KiB per image for {c['draws']} encodings"
     )
+    if "compiled" in r:
+        c = r["compiled"]
+        for k in ("teacher", "step"):
+            lines.append(
+                f"  compiled {k:<8} {c['images_per_s'][k]:9.1f} img/s   "
+                f"{c['speedup'][k]:.2f}x eager ({c['backend']}; first call "
+                f"{c['compile_s'][k]:.1f} s)"
+            )
     if "achieved_tflops" in r:
         peak = r["peak_bf16_tflops"]
         lines.append(
@@ -273,9 +316,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="JSON file to write")
     ap.add_argument("--batch", type=int)
     ap.add_argument("--image-size", type=int, nargs=2)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd parts")
+    ap.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend (tests: aot_eager)"
+    )
     args = ap.parse_args(argv)
     ov = {k: v for k, v in (("batch", args.batch), ("image_size", args.image_size)) if v}
-    r = run(args.device, args.quick, ov)
+    r = run(args.device, args.quick, ov, args.compile_backend if args.compile else None)
     print(format_result(r))
     out = Path(args.out or f"bench/results/throughput_{args.device}{'_quick' * args.quick}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

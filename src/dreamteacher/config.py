@@ -83,6 +83,7 @@ class PretrainConfig(RunOptions):
     lambda_at: float = 10.0
     regressor_channels: int = 256
     feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
+    compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
     # label distillation (METHOD.md section 4): feature | label | mix
     mode: str = "feature"
     interpreter: str | None = None  # a train-interpreter folder (label and mix modes)

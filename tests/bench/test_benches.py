@@ -22,7 +22,10 @@ def _run(script, *args):
 
 def test_throughput_quick(tmp_path):
     out = tmp_path / "t.json"
-    p = _run("throughput.py", "--quick", "--device", "cpu", "--out", out)
+    p = _run(
+        "throughput.py", "--quick", "--device", "cpu", "--compile", "--compile-backend",
+        "aot_eager", "--out", out,
+    )  # fmt: skip
     r = json.loads(out.read_text())
     s = r["seconds_per_batch"]
     assert all(v > 0 for v in s.values())
@@ -31,6 +34,12 @@ def test_throughput_quick(tmp_path):
     assert "overhead ratio" in p.stdout
     c = r["cache"]
     assert abs(c["speedup"] - s["step"] / s["cached_step"]) < 1e-9 and c["bytes_per_image"] > 0
+    # the compiled teacher and step (teacher and student both compiled) timed the same way
+    k = r["compiled"]
+    assert k["backend"] == "aot_eager" and all(v > 0 for v in k["compile_s"].values())
+    for part in ("teacher", "step"):
+        assert abs(k["speedup"][part] - s[part] / k["seconds_per_batch"][part]) < 1e-9
+    assert "compiled teacher" in p.stdout
 
 
 def test_memory_does_not_grow_with_dataset(tmp_path):
@@ -38,13 +47,15 @@ def test_memory_does_not_grow_with_dataset(tmp_path):
     _run("memory.py", "--sizes", 40, 400, "--steps", 3, "--out", out)
     small, large = json.loads(out.read_text())
     assert small["images"] == 40 and large["images"] == 400
+    assert small["device"] == "cpu" and "peak_gpu_allocated_mb" not in small
     assert 100 < small["peak_rss_mb"] < 8000
     assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
 
 
 def test_gpu_script_tiny_mode(tmp_path):
-    """bench/gpu.sh runs every command it would run on a GPU (throughput bench, benchmark),
-    at tiny sizes on the CPU, and collects their outputs in one folder."""
+    """bench/gpu.sh runs every command it would run on a GPU (throughput bench with
+    torch.compile, memory against dataset size, benchmark), at tiny sizes on the CPU, and
+    collects their outputs in one folder."""
     import os
 
     env = dict(os.environ, PYTHON=sys.executable)
@@ -63,7 +74,32 @@ def test_gpu_script_tiny_mode(tmp_path):
     assert {r["protocol"] for r in res["runs"]} == {"finetune", "frozen"}
     assert all(0 <= r["miou"] <= 100 for r in res["runs"])
     assert (g / "miou_vs_labels.png").exists() and "**frozen**" in (g / "results.md").read_text()
-    assert json.loads((g / "throughput.json").read_text())["overhead_ratio"] > 0
+    assert json.loads((g / "throughput.json").read_text())["compiled"]["backend"] == "aot_eager"
+    assert [r["images"] for r in json.loads((g / "memory.json").read_text())] == [40, 400]
     log = (g / "gpu.log").read_text()
-    for stage in ("throughput (cpu)", "benchmark --profile smoke", "done (rc=0)"):
+    for stage in ("throughput (cpu)", "memory against", "benchmark --profile smoke", "(rc=0)"):
         assert stage in log
+    assert "budget" not in log
+
+
+def test_gpu_script_stops_at_its_budget(tmp_path):
+    """With BUDGET seconds spent, the running stage is stopped, the later ones are skipped,
+    the script exits non-zero and says so in gpu.log."""
+    import os
+    import time
+
+    env = dict(os.environ, PYTHON=sys.executable, BUDGET="6")
+    t = time.time()
+    p = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "g"), "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    took = time.time() - t
+    assert p.returncode == 1
+    log = (tmp_path / "g" / "gpu.log").read_text()
+    assert "stopped at the 6 s budget" in log
+    assert log.count("skipped: the 6 s budget is spent") == 2
+    assert "(rc=1)" in log and took < 6 + 25  # + data generation and the kill grace

@@ -48,3 +48,44 @@ def test_distillation_loss_goes_down(scenes, teacher_run, tmp_path):
     assert last < 0.9 * first, (first, last)
     assert log[0]["lr"] < log[1]["lr"]  # warm-up
     assert log[-1]["lr"] < 0.1 * 2e-3  # cosine decays to ~0
+
+
+def _pretrain(scenes, teacher, out, **kw):
+    return dt.pretrain(
+        data=str(scenes),
+        teacher=str(teacher),
+        out=str(out),
+        splits=["train"],
+        backbone="resnet18",
+        batch_size=4,
+        warmup_epochs=0,
+        log_every=1,
+        device="cpu",
+        **kw,
+    )
+
+
+def test_compile_teacher_refuses_a_hooked_unet(scenes, tmp_path):
+    """compile_teacher=true reaches the teacher: an NCSN++-style UNet (read through hooks)
+    is refused with the fix, before anything is written."""
+    from dreamteacher.errors import UserError
+    from tests.teachers.test_contract import _skip_unet
+
+    _skip_unet().save_pretrained(tmp_path / "ncsnpp")
+    with pytest.raises(UserError, match="compile_teacher=false"):
+        _pretrain(scenes, tmp_path / "ncsnpp", tmp_path / "p", image_size=[32, 32],
+                  compile_teacher=True, max_steps=1)  # fmt: skip
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.slow
+def test_compiled_pretrain_matches_eager(scenes, teacher_run, tmp_path):
+    """compile=true compile_teacher=true (inductor): the same losses as eager, step by step."""
+    logs = {}
+    for c in (False, True):
+        run = _pretrain(scenes, teacher_run, tmp_path / str(c), max_steps=3, epochs=10,
+                        compile=c, compile_teacher=c)  # fmt: skip
+        logs[c] = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(logs[True]) == 3
+    for a, b in zip(logs[False], logs[True], strict=True):
+        assert abs(a - b) < 1e-3 * abs(a), (logs[False], logs[True])

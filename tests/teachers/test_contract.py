@@ -3,6 +3,7 @@ NCHW maps matching its `channels` and `strides`, is frozen, and encodes stochast
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dreamteacher.errors import UserError
 from dreamteacher.teachers import DiffusionTeacher, create_teacher, list_teachers, load_teacher
@@ -53,13 +54,43 @@ def test_teacher_contract(name, cfg):
     assert not torch.allclose(feats[0], again[0])
 
 
-def test_taps_are_last_layer_before_upsampler_and_early_stop_is_exact():
-    """Features equal those of a full UNet pass hooked at up_blocks[i].resnets/attentions[-1]."""
+def _skip_unet():
+    """An NCSN++-style UNet (Skip blocks, Fourier time embedding): read through hooks."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(
+        sample_size=32,
+        block_out_channels=(32, 32, 64, 64, 64),
+        layers_per_block=1,
+        down_block_types=("SkipDownBlock2D",) * 3 + ("AttnSkipDownBlock2D",) * 2,
+        up_block_types=("AttnSkipUpBlock2D",) * 2 + ("SkipUpBlock2D",) * 3,
+        norm_num_groups=8,
+        time_embedding_type="fourier",
+    )
+
+
+def _teacher(cfg):
+    if cfg == "skip":
+        from dreamteacher.teachers.diffusion import build_scheduler
+
+        return DiffusionTeacher(_skip_unet(), build_scheduler())
+    return create_teacher("diffusion", **cfg)
+
+
+TAP_CASES = [*CONFIGS["diffusion"], "skip"]
+
+
+@pytest.mark.parametrize("cfg", TAP_CASES)
+def test_taps_equal_a_full_unet_pass_read_before_each_upsampler(cfg):
+    """Features equal those of a full, unmodified UNet pass hooked at the last layer of each
+    tapped up block (attentions[-1], else resnets[-1]): the written-out pass of plain UNets
+    and the hooked pass of the others both stop early without changing anything."""
     torch.manual_seed(0)
-    teacher = create_teacher("diffusion", image_size=[32, 32], preset="tiny")
+    teacher = _teacher(cfg)
+    assert teacher.plain == (cfg != "skip")
     unet = teacher.unet
-    assert teacher.tap_description()[0] == "stride 4: up_blocks[2].resnets[-1]"
-    x = torch.rand(2, 3, 32, 32)
+    h, w = (32, 32) if cfg == "skip" else cfg["image_size"]
+    x = torch.rand(2, 3, h, w)
     torch.manual_seed(5)
     feats = teacher(x)
     # recompute by hand with the same t and noise, full forward, independent hooks
@@ -67,29 +98,47 @@ def test_taps_are_last_layer_before_upsampler_and_early_stop_is_exact():
     t = torch.tensor([50, 50])[torch.randint(1, (2,))]
     ab = teacher.alphas_cumprod[t].view(2, 1, 1, 1)
     xt = ab.sqrt() * (2 * x - 1) + (1 - ab).sqrt() * torch.randn_like(x)
-    got = {}
-    hooks = [
-        unet.up_blocks[i]
-        .resnets[-1]
-        .register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o))
-        for i in (1, 2)
-    ]
-    hooks.append(
-        unet.up_blocks[0]
-        .attentions[-1]
-        .register_forward_hook(lambda m, a, o: got.__setitem__(0, o))
-    )
-    for hk in teacher._hooks:
+    for hk in teacher._hooks:  # the hooked path's own hooks would stop the pass
         hk.remove()
+    got, hooks = {}, []
+    for i in set(teacher.taps):
+        blk = unet.up_blocks[i]
+        layer = blk.attentions[-1] if getattr(blk, "attentions", None) else blk.resnets[-1]
+        hooks.append(layer.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o)))
     with torch.no_grad():
         out = unet(xt, t).sample
     assert out.shape == x.shape  # the full pass ran to the end
-    assert torch.allclose(feats[0], got[2], atol=1e-5)  # stride 4 = up_blocks[2]
-    assert torch.allclose(feats[1], got[1], atol=1e-5)
-    assert torch.allclose(feats[2], got[0], atol=1e-5)
-    assert torch.allclose(feats[3], torch.nn.functional.avg_pool2d(got[0], 2), atol=1e-5)
+    for f, s, i in zip(feats, teacher.strides, teacher.taps, strict=True):
+        ref = got[i] if s not in teacher.derived else F.avg_pool2d(got[i], s // teacher.derived[s])
+        assert f.shape == ref.shape
+        assert torch.allclose(f, ref, atol=1e-5), (s, (f - ref).abs().max())
     for hk in hooks:
         hk.remove()
+
+
+def test_tap_description_names_the_layers():
+    teacher = create_teacher("diffusion", image_size=[32, 32], preset="tiny")
+    assert teacher.tap_description() == [
+        "stride 4: up_blocks[2].resnets[-1]",
+        "stride 8: up_blocks[1].resnets[-1]",
+        "stride 16: up_blocks[0].attentions[-1]",
+        "stride 32: avg_pool(up_blocks[0].attentions[-1])",
+    ]
+
+
+def test_compiled_feature_pass_is_one_graph_and_matches_eager():
+    """compile_features: fullgraph=True fails on any graph break; same t and noise give the
+    same maps as the eager pass."""
+    torch.manual_seed(0)
+    teacher = create_teacher("diffusion", image_size=[32, 48], preset="tiny")
+    x = torch.rand(2, 3, 32, 48)
+    eager = teacher(x, keys=[3, 4])
+    teacher.compile_features(backend="aot_eager", fullgraph=True)
+    compiled = teacher(x, keys=[3, 4])
+    for a, b in zip(eager, compiled, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(UserError, match="compile_teacher=false"):
+        _teacher("skip").compile_features()
 
 
 def test_multiple_t_draws_per_sample():

@@ -100,6 +100,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 f"the teacher {teacher.channels}; rebuild the cache"
             )
         teacher = teacher.cpu()  # not run: the cache supplies its features
+    elif cfg.compile_teacher:
+        teacher.compile_features()
     seed_everything(cfg.seed)  # same init on every rank
     backbone = Backbone(cfg.backbone, cfg.strides)
     student = Student(

@@ -27,6 +27,10 @@ class Teacher(nn.Module):
         """`keys`: optional per-sample ints that fix each sample's randomness."""
         raise NotImplementedError
 
+    def compile_features(self, **kwargs: Any) -> Teacher:
+        """torch.compile the feature pass in place (`compile_teacher=true`)."""
+        raise UserError(f"{type(self).__name__} cannot be compiled; set compile_teacher=false")
+
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, keys: list[int] | None = None) -> list[torch.Tensor]:
         return self.features(x, keys)

@@ -6,6 +6,10 @@ upsampler (`up_blocks[i].attentions[-1]` when the block has attention, else
 `up_blocks[i].resnets[-1]`). Up block i of an L-level UNet runs at stride 2^(L-1-i).
 A wanted stride coarser than the UNet's coarsest decoder level is derived by average-pooling
 the coarsest tapped map (recorded in `derived`). The pass stops after the finest tap.
+
+For UNets of plain blocks (UpBlock2D / AttnUpBlock2D, what train-teacher builds) the pass is
+written out layer by layer, one graph that `compile_features()` hands to torch.compile. Other
+UNets (e.g. the Skip blocks of NCSN++) are read through forward hooks, uncompiled.
 """
 
 from __future__ import annotations
@@ -94,6 +98,10 @@ def build_scheduler(num_train_timesteps: int = 1000, beta_schedule: str = "linea
     )
 
 
+# up blocks whose layers `_forward_taps` runs one by one
+PLAIN_UP_BLOCKS = ("UpBlock2D", "AttnUpBlock2D")
+
+
 class _Stop(Exception):
     pass
 
@@ -140,14 +148,19 @@ class DiffusionTeacher(Teacher):
                     "use a UNet with more levels"
                 )
         self.min_divisor = 2 ** (n - 1)
+        self._last = max(self.taps)  # up blocks run coarse -> fine: stop after the finest tap
+        self.plain = not any(hasattr(b, "skip_conv") for b in unet.down_blocks) and all(
+            type(b).__name__ in PLAIN_UP_BLOCKS for b in unet.up_blocks[: self._last + 1]
+        )
+        self._encode = self._forward_taps if self.plain else self._forward_hooked
         self._hooks = []
         self._store: dict[int, torch.Tensor] = {}
-        self._last = max(self.taps)  # up blocks run coarse -> fine: stop after the finest tap
-        for i in sorted(set(self.taps)):
-            blk = unet.up_blocks[i]
-            attns = getattr(blk, "attentions", None)
-            layer = attns[-1] if attns is not None and len(attns) else blk.resnets[-1]
-            self._hooks.append(layer.register_forward_hook(self._hook(i)))
+        if not self.plain:
+            for i in sorted(set(self.taps)):
+                blk = unet.up_blocks[i]
+                attns = getattr(blk, "attentions", None)
+                layer = attns[-1] if attns is not None and len(attns) else blk.resnets[-1]
+                self._hooks.append(layer.register_forward_hook(self._hook(i)))
 
     def _hook(self, i: int):
         def fn(_module, _inp, out):
@@ -156,6 +169,58 @@ class DiffusionTeacher(Teacher):
                 raise _Stop
 
         return fn
+
+    def _forward_taps(self, xt: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """UNet2DModel.forward written out for plain blocks, up to the finest tap: one map per
+        entry of `taps`, each the up block's output before its upsampler."""
+        unet = self.unet
+        if unet.config.center_input_sample:
+            xt = 2 * xt - 1.0
+        emb = unet.time_embedding(unet.time_proj(t).to(unet.dtype))  # B, E
+        h = unet.conv_in(xt)  # B, C0, H, W
+        skips = (h,)
+        for blk in unet.down_blocks:
+            h, res = blk(hidden_states=h, temb=emb)
+            skips += res
+        if unet.mid_block is not None:
+            h = unet.mid_block(h, emb)
+        taps = {}
+        for i, blk in enumerate(unet.up_blocks[: self._last + 1]):
+            n = len(blk.resnets)
+            res, skips = skips[-n:], skips[:-n]
+            attns = getattr(blk, "attentions", None) or [None] * n
+            for resnet, attn, skip in zip(blk.resnets, attns, reversed(res), strict=True):
+                h = resnet(torch.cat([h, skip], dim=1), emb)
+                if attn is not None:
+                    h = attn(h)
+            taps[i] = h  # B, C_i, H / s_i, W / s_i
+            if i < self._last and blk.upsamplers is not None:
+                for up in blk.upsamplers:
+                    h = up(h)
+        return [taps[i] for i in self.taps]
+
+    def _forward_hooked(self, xt: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """Any UNet2DModel: a full forward read by hooks, stopped after the finest tap."""
+        self._store = {}
+        try:
+            self.unet(xt, t)
+        except _Stop:
+            pass
+        maps, self._store = [self._store[i] for i in self.taps], {}
+        return maps
+
+    def compile_features(self, **kwargs: Any) -> DiffusionTeacher:
+        """torch.compile the UNet pass (`kwargs` go to torch.compile). Shapes are static: a
+        new batch or image size compiles once more."""
+        if not self.plain:
+            kinds = sorted({type(b).__name__ for b in self.unet.up_blocks})
+            raise UserError(
+                f"compile_teacher needs a UNet of {' / '.join(PLAIN_UP_BLOCKS)} up blocks, this "
+                f"one has {', '.join(kinds)}; set compile_teacher=false"
+            )
+        kwargs.setdefault("dynamic", False)
+        self._encode = torch.compile(self._forward_taps, **kwargs)
+        return self
 
     def tap_description(self) -> list[str]:
         out = []
@@ -187,19 +252,11 @@ class DiffusionTeacher(Teacher):
             noise = keyed_randn(keys, tuple(x0.shape[1:]), x.device).to(x0.dtype)
         ab = self.alphas_cumprod.to(x.device)[t].view(B, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # stochastic encoding
-        self._store = {}
-        try:
-            self.unet(xt, t)
-        except _Stop:
-            pass
         feats = []
-        for s, i in zip(self.strides, self.taps, strict=True):
-            f = self._store[i]
+        for s, f in zip(self.strides, self._encode(xt, t), strict=True):
             if s in self.derived:
-                k = s // self.derived[s]
-                f = F.avg_pool2d(f, k)
+                f = F.avg_pool2d(f, s // self.derived[s])
             feats.append(f.float())
-        self._store = {}
         return feats
 
 
