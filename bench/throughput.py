@@ -58,8 +58,8 @@ PROFILES = {
         "batch": 64,
         "preset": "base",
         "backbone": "resnet50",
-        "iters": 20,
-        "warmup": 5,
+        "iters": 10,
+        "warmup": 3,
         "images": 256,
     },
 }

@@ -71,6 +71,10 @@ def test_gpu_script_tiny_mode(tmp_path):
     res = json.loads((g / "results.json").read_text())
     assert res["complete"] and res["config"]["profile"] == "smoke"
     assert {r["method"] for r in res["runs"]} == {"scratch", "dreamteacher", "simclr"}
+    # method by method (all of scratch, then dreamteacher, ...): a run stopped by the budget
+    # keeps whole rows for the first methods
+    order = [r["method"] for r in res["runs"]]
+    assert order == sorted(order, key=["scratch", "dreamteacher", "simclr"].index)
     assert {r["protocol"] for r in res["runs"]} == {"finetune", "frozen"}
     assert all(0 <= r["miou"] <= 100 for r in res["runs"])
     assert (g / "miou_vs_labels.png").exists() and "**frozen**" in (g / "results.md").read_text()

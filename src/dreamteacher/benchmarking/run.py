@@ -6,6 +6,8 @@
   teacher + N labels ─> interpreter ─> dt-mix/dt-label┘
                         interpreter, ddpm-seg ─────────> test mIoU (teacher-side rows)
 
+It runs method by method (its backbone, then its evaluations), in `methods` order.
+
 Every method uses the same backbone, resolution, pretraining epochs and batch, and sees only
 the `pretrain_splits` images (train and val); test images are used for evaluation only.
 Each stage is a cached cell (cells.py). Writes OUT/results.json, results.md,
@@ -161,9 +163,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
 
     dt_params = {**common, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
     dt_kw = {"teacher": teacher_run, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
-    for method in cfg.methods:
-        if method == "scratch" or method not in PRETRAINED:
-            continue
+
+    def pretrained_backbone(method: str) -> None:
         if method == "dreamteacher":
             pp = {**dt_params, "teacher": teacher["key"]}
             train = partial(api.pretrain, **dt_kw, **pre_kw)
@@ -174,8 +175,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         weights[method] = str(Path(rec["folder"]) / "backbone")
         pre_keys[method] = rec["key"]
 
-    # 3. per labelled subset: the teacher-side segmenters (interpreter, DDPM-seg) and the
-    # backbones distilled from the interpreter's soft labels (dt-mix, dt-label)
+    # teacher-side segmenters on the (N, seed) subset (interpreter, DDPM-seg)
     runs: list[dict[str, Any]] = []
     side = {**base, "teacher": teacher["key"]} if uses_teacher else {}
 
@@ -199,18 +199,22 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
 
         print(f"benchmark: {name} N{n}-seed{seed}")
         params = {**side, "labels": n, "seed": seed, **settings}
-        return cells.get(f"{name}-N{n}-seed{seed}", params, fn, cleanup=cleanup)
+        rec = cells.get(f"{name}-N{n}-seed{seed}", params, fn, cleanup=cleanup)
+        costs.append({"stage": f"{name} N{n}-seed{seed}", **_cost(rec)})
+        return rec
 
-    for (n, seed), ids in subsets.items():
-        tag = f"N{n}-seed{seed}"
-        if any(m in LABEL_DISTILLED or m == "interpreter" for m in cfg.methods):
+    interpreters: dict[tuple[int, int], dict] = {}
+
+    def interpreter(n: int, seed: int) -> dict:
+        """The interpreter of one subset, computed once (dt-mix, dt-label and its own row)."""
+        if (n, seed) not in interpreters:
             settings = {
                 "epochs": cfg.interpreter_epochs,
                 "max_steps": cfg.interpreter_max_steps,
                 "channels": cfg.interpreter_channels,
                 "batch_size": cfg.finetune_batch_size,
             }
-            interp = side_cell(
+            interpreters[(n, seed)] = side_cell(
                 "interpreter",
                 n,
                 seed,
@@ -220,47 +224,43 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 ["run/checkpoints"],
                 eval_batch_size=cfg.eval_batch_size,
             )
-            costs.append({"stage": f"interpreter {tag}", **_cost(interp)})
-            if "interpreter" in cfg.methods:
-                runs.append(_run_row("interpreter", TEACHER_SIDE_PROTOCOL, n, ids, seed, interp))
-            for method in [m for m in cfg.methods if m in LABEL_DISTILLED]:
-                mode = method.removeprefix("dt-")
-                pp = {**dt_params, "teacher": teacher["key"], "interpreter": interp["key"]}
-                pp.update(mode=mode, lambda_ld=cfg.lambda_ld, tau=cfg.tau)
-                train = partial(
-                    api.pretrain,
-                    **dt_kw,
-                    **pre_kw,
-                    mode=mode,
-                    interpreter=str(Path(interp["folder"]) / "run"),
-                    lambda_ld=cfg.lambda_ld,
-                    tau=cfg.tau,
-                )
-                rec = pretrain_cell(f"{method}-{tag}", pp, train)
-                weights[(method, n, seed)] = str(Path(rec["folder"]) / "backbone")
-                pre_keys[(method, n, seed)] = rec["key"]
-        if "ddpm-seg" in cfg.methods:
-            settings = {
-                "t": cfg.ddpm_seg_t,
-                "steps": cfg.ddpm_seg_steps,
-                "ensemble": cfg.ddpm_seg_ensemble,
-                "pixels": cfg.ddpm_seg_pixels,
-            }
-            cleanup = ["run/checkpoints", "run/model.pt"]
-            rec = side_cell("ddpm-seg", n, seed, api.train_ddpm_seg, settings, 4, cleanup)
-            runs.append(_run_row("ddpm-seg", TEACHER_SIDE_PROTOCOL, n, ids, seed, rec))
-            costs.append({"stage": f"ddpm-seg {tag}", **_cost(rec)})
+        return interpreters[(n, seed)]
 
-    # 4. evaluation of every backbone: method x protocol x N x seed
-    jobs = [
-        (m, p, n, s)
-        for p in cfg.protocols
-        for n in cfg.labels
-        for s in cfg.seeds
-        for m in cfg.methods
-        if m not in TEACHER_SIDE
-    ]
-    for k, (method, protocol, n, seed) in enumerate(jobs, 1):
+    def label_distilled_backbone(method: str, n: int, seed: int) -> None:
+        """dt-mix / dt-label: distilled from the interpreter of the (N, seed) subset."""
+        interp = interpreter(n, seed)
+        mode = method.removeprefix("dt-")
+        pp = {**dt_params, "teacher": teacher["key"], "interpreter": interp["key"]}
+        pp.update(mode=mode, lambda_ld=cfg.lambda_ld, tau=cfg.tau)
+        train = partial(
+            api.pretrain,
+            **dt_kw,
+            **pre_kw,
+            mode=mode,
+            interpreter=str(Path(interp["folder"]) / "run"),
+            lambda_ld=cfg.lambda_ld,
+            tau=cfg.tau,
+        )
+        rec = pretrain_cell(f"{method}-N{n}-seed{seed}", pp, train)
+        weights[(method, n, seed)] = str(Path(rec["folder"]) / "backbone")
+        pre_keys[(method, n, seed)] = rec["key"]
+
+    def ddpm_seg(n: int, seed: int) -> dict:
+        settings = {
+            "t": cfg.ddpm_seg_t,
+            "steps": cfg.ddpm_seg_steps,
+            "ensemble": cfg.ddpm_seg_ensemble,
+            "pixels": cfg.ddpm_seg_pixels,
+        }
+        cleanup = ["run/checkpoints", "run/model.pt"]
+        return side_cell("ddpm-seg", n, seed, api.train_ddpm_seg, settings, 4, cleanup)
+
+    # evaluation of a backbone: fine-tune or frozen, with N labels of seed's subset
+    evals = [(p, n, s) for p in cfg.protocols for n in cfg.labels for s in cfg.seeds]
+    n_jobs = len(evals) * sum(m not in TEACHER_SIDE for m in cfg.methods)
+    done = [0]
+
+    def evaluate(method: str, protocol: str, n: int, seed: int) -> None:
         frozen = protocol == "frozen"
         steps = cfg.frozen_steps if frozen else cfg.finetune_steps
         lr = cfg.frozen_lr if frozen else cfg.finetune_lr
@@ -278,7 +278,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             "head_channels": cfg.head_channels,
         }
 
-        def fn(d: Path, which=which, n=n, seed=seed, steps=steps, lr=lr, frozen=frozen):
+        def fn(d: Path) -> dict:
             m = api.finetune(
                 data=data,
                 out=str(d / "run"),
@@ -302,12 +302,29 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         cleanup = [] if cfg.keep_weights else ["run/checkpoints", "run/model.pt"]
         rec = cells.get(f"eval-{method}-{protocol}-N{n}-seed{seed}", ep, fn, cleanup=cleanup)
         runs.append(_run_row(method, protocol, n, subsets[(n, seed)], seed, rec))
+        done[0] += 1
         print(
-            f"benchmark [{k}/{len(jobs)}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
+            f"benchmark [{done[0]}/{n_jobs}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
             f"mIoU {rec['miou']:.1f}"
         )
-        if k < len(jobs):  # partial tables while it runs (and if it is stopped)
-            write_results(out, cfg, runs, costs, cells, t_start, final=False)
+        write_results(out, cfg, runs, costs, cells, t_start, final=False)  # partial tables
+
+    # 3. method by method: its backbone(s), then its rows, so that a run stopped early (a time
+    # budget, as in bench/gpu.sh) has whole rows for the first methods: scratch, dreamteacher..
+    for method in cfg.methods:
+        if method in PRETRAINED and method != "scratch":
+            pretrained_backbone(method)
+        for n, seed in subsets:
+            if method in LABEL_DISTILLED:
+                label_distilled_backbone(method, n, seed)
+            elif method in TEACHER_SIDE:
+                rec = interpreter(n, seed) if method == "interpreter" else ddpm_seg(n, seed)
+                ids = subsets[(n, seed)]
+                runs.append(_run_row(method, TEACHER_SIDE_PROTOCOL, n, ids, seed, rec))
+                write_results(out, cfg, runs, costs, cells, t_start, final=False)
+        if method not in TEACHER_SIDE:
+            for protocol, n, seed in evals:
+                evaluate(method, protocol, n, seed)
     return write_results(out, cfg, runs, costs, cells, t_start, final=True)
 
 
