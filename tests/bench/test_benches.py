@@ -1,8 +1,10 @@
 """The benchmark scripts run end to end at tiny sizes and report consistent figures."""
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,20 +54,18 @@ def test_memory_does_not_grow_with_dataset(tmp_path):
     assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
 
 
+def _gpu_sh(out, timeout, **env):
+    """bench/gpu.sh OUT tiny, with extra environment variables."""
+    env = dict(os.environ, PYTHON=sys.executable, **env)
+    cmd = ["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "tiny"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
 def test_gpu_script_tiny_mode(tmp_path):
     """bench/gpu.sh runs every command it would run on a GPU (throughput bench with
     torch.compile, memory against dataset size, benchmark), at tiny sizes on the CPU, and
     collects their outputs in one folder."""
-    import os
-
-    env = dict(os.environ, PYTHON=sys.executable)
-    p = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "g"), "tiny"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
+    p = _gpu_sh(tmp_path / "g", 900)
     assert p.returncode == 0, p.stderr[-3000:]
     g = tmp_path / "g"
     res = json.loads((g / "results.json").read_text())
@@ -89,18 +89,8 @@ def test_gpu_script_tiny_mode(tmp_path):
 def test_gpu_script_stops_at_its_budget(tmp_path):
     """With BUDGET seconds spent, the running stage is stopped, the later ones are skipped,
     the script exits non-zero and says so in gpu.log."""
-    import os
-    import time
-
-    env = dict(os.environ, PYTHON=sys.executable, BUDGET="6")
     t = time.time()
-    p = subprocess.run(
-        ["bash", str(ROOT / "bench" / "gpu.sh"), str(tmp_path / "g"), "tiny"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    p = _gpu_sh(tmp_path / "g", 120, BUDGET="6")
     took = time.time() - t
     assert p.returncode == 1
     log = (tmp_path / "g" / "gpu.log").read_text()

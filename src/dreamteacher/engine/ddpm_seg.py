@@ -42,7 +42,18 @@ def train_ddpm_seg(cfg: DDPMSegConfig) -> dict:
         ce = torch.stack([F.cross_entropy(z.float(), lab) for z, lab in outs]).mean()
         return {"loss": ce}
 
-    train_time = fit(cfg, net, step, data.train, run, env, device, cfg.steps, cfg.warmup_steps)
+    train_time = fit(
+        cfg,
+        net,
+        step,
+        data.train,
+        run,
+        env,
+        device,
+        cfg.steps,
+        cfg.warmup_steps,
+        desc="ddpm-seg",
+    )
     if not env.main:
         dist.teardown(env)
         return {}
