@@ -200,18 +200,25 @@ def run(
             "step": full_step,
             "cached_step": cached_step,
         }
-        compile_s = {}
+        compile_s, compile_error = {}, None
         if compile_backend:  # a second teacher on the same UNet, compiled; the student too
-            cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
-            cteacher = cteacher.to(device).compile_features(backend=compile_backend)
-            cstudent = torch.compile(student, backend=compile_backend)
-            parts["compiled_teacher"] = lambda: teacher_only(cteacher)
-            parts["compiled_step"] = lambda: full_step(cstudent, cteacher)
-            for k in ("compiled_teacher", "compiled_step"):
-                t = time.perf_counter()
-                parts[k]()  # compiles
-                _sync(device)
-                compile_s[k.removeprefix("compiled_")] = time.perf_counter() - t
+            try:
+                cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
+                cteacher = cteacher.to(device).compile_features(backend=compile_backend)
+                cstudent = torch.compile(student, backend=compile_backend)
+                compiled = {
+                    "compiled_teacher": lambda: teacher_only(cteacher),
+                    "compiled_step": lambda: full_step(cstudent, cteacher),
+                }
+                for k, fn in compiled.items():
+                    t = time.perf_counter()
+                    fn()  # compiles
+                    _sync(device)
+                    compile_s[k.removeprefix("compiled_")] = time.perf_counter() - t
+                parts |= compiled
+            except Exception as e:  # a broken compiler must not cost the eager figures
+                compile_error = f"{type(e).__name__}: {e}"[:1000]
+                print(f"torch.compile failed, eager figures only: {compile_error}", file=sys.stderr)
         sec = _time_interleaved(parts, p["iters"], p["warmup"], device)
         t_data, t_teacher, t_student = sec["data"], sec["teacher"], sec["student"]
         t_step, t_cached = sec["step"], sec["cached_step"]
@@ -252,7 +259,9 @@ def run(
         },
         "teacher_share_of_step": t_teacher / t_step,
     }
-    if compile_backend:
+    if compile_error:
+        res["compiled"] = {"backend": compile_backend, "error": compile_error}
+    elif compile_backend:
         c = {k: sec[f"compiled_{k}"] for k in ("teacher", "step")}
         res["compiled"] = {
             "backend": compile_backend,
@@ -290,8 +299,10 @@ def format_result(r: dict) -> str:
         f"  feature cache: step {c['speedup']:.2f}x faster, "
         f"{c['bytes_per_image'] / 1024:.1f} KiB per image for {c['draws']} encodings"
     )
-    if "compiled" in r:
-        c = r["compiled"]
+    c = r.get("compiled", {})
+    if "error" in c:
+        lines.append(f"  torch.compile ({c['backend']}) failed: {c['error'][:200]}")
+    elif c:
         for k in ("teacher", "step"):
             lines.append(
                 f"  compiled {k:<8} {c['images_per_s'][k]:9.1f} img/s   "

@@ -44,6 +44,17 @@ def test_throughput_quick(tmp_path):
     assert "compiled teacher" in p.stdout
 
 
+def test_throughput_keeps_eager_figures_when_compile_fails(tmp_path):
+    """A compiler that fails (here an unknown backend) is recorded, not fatal: gpu.sh's one
+    GPU run still gets the eager figures."""
+    out = tmp_path / "t.json"
+    p = _run("throughput.py", "--quick", "--device", "cpu", "--compile", "--compile-backend",
+             "no_such_backend", "--out", out)  # fmt: skip
+    r = json.loads(out.read_text())
+    assert "no_such_backend" in r["compiled"]["error"] and "images_per_s" not in r["compiled"]
+    assert r["seconds_per_batch"]["step"] > 0 and "failed" in p.stdout
+
+
 def test_memory_does_not_grow_with_dataset(tmp_path):
     out = tmp_path / "m.json"
     _run("memory.py", "--sizes", 40, 400, "--steps", 3, "--out", out)
