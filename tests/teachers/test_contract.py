@@ -4,6 +4,7 @@ NCHW maps matching its `channels` and `strides`, is frozen, and encodes stochast
 import pytest
 import torch
 import torch.nn.functional as F
+from diffusers import UNet2DModel
 
 from dreamteacher.errors import UserError
 from dreamteacher.teachers import DiffusionTeacher, create_teacher, list_teachers, load_teacher
@@ -56,8 +57,6 @@ def test_teacher_contract(name, cfg):
 
 def _skip_unet():
     """An NCSN++-style UNet (Skip blocks, Fourier time embedding): read through hooks."""
-    from diffusers import UNet2DModel
-
     return UNet2DModel(
         sample_size=32,
         block_out_channels=(32, 32, 64, 64, 64),
@@ -69,15 +68,25 @@ def _skip_unet():
     )
 
 
-def _teacher(cfg):
-    if cfg == "skip":
-        from dreamteacher.teachers.diffusion import build_scheduler
+def _resnet_sampling_unet():
+    """Plain blocks whose down/upsamplers are ResNet blocks (they take the time embedding)."""
+    from dreamteacher.teachers.diffusion import unet_kwargs
 
+    kw = unet_kwargs("tiny")
+    return UNet2DModel(sample_size=32, upsample_type="resnet", downsample_type="resnet", **kw)
+
+
+def _teacher(cfg):
+    from dreamteacher.teachers.diffusion import build_scheduler
+
+    if cfg == "skip":
         return DiffusionTeacher(_skip_unet(), build_scheduler())
+    if cfg == "resnet-sampling":
+        return DiffusionTeacher(_resnet_sampling_unet(), build_scheduler())
     return create_teacher("diffusion", **cfg)
 
 
-TAP_CASES = [*CONFIGS["diffusion"], "skip"]
+TAP_CASES = [*CONFIGS["diffusion"], "skip", "resnet-sampling"]
 
 
 @pytest.mark.parametrize("cfg", TAP_CASES)
@@ -89,7 +98,7 @@ def test_taps_equal_a_full_unet_pass_read_before_each_upsampler(cfg):
     teacher = _teacher(cfg)
     assert teacher.plain == (cfg != "skip")
     unet = teacher.unet
-    h, w = (32, 32) if cfg == "skip" else cfg["image_size"]
+    h, w = (32, 32) if isinstance(cfg, str) else cfg["image_size"]
     x = torch.rand(2, 3, h, w)
     torch.manual_seed(5)
     feats = teacher(x)
@@ -155,8 +164,6 @@ def test_size_not_divisible_is_a_clear_error():
 
 def test_load_from_train_teacher_run(teacher_run):
     """A train-teacher folder is diffusers format and loads as a teacher."""
-    from diffusers import UNet2DModel
-
     unet = UNet2DModel.from_pretrained(teacher_run / "unet")
     teacher = load_teacher(teacher_run, t=[50])
     assert isinstance(teacher, DiffusionTeacher)

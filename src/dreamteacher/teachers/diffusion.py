@@ -195,8 +195,9 @@ class DiffusionTeacher(Teacher):
                     h = attn(h)
             taps[i] = h  # B, C_i, H / s_i, W / s_i
             if i < self._last and blk.upsamplers is not None:
+                by_resnet = getattr(blk, "upsample_type", "conv") == "resnet"
                 for up in blk.upsamplers:
-                    h = up(h)
+                    h = up(h, emb) if by_resnet else up(h)
         return [taps[i] for i in self.taps]
 
     def _forward_hooked(self, xt: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
