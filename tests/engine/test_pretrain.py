@@ -7,62 +7,38 @@ import dreamteacher as dt
 from dreamteacher.student import Backbone
 
 
+def _pretrain(scenes, teacher, out, **kw):
+    """pretrain on the tiny scenes' train split, on CPU, logging every step."""
+    base = dict(splits=["train"], backbone="resnet18", batch_size=4, warmup_epochs=0)
+    return dt.pretrain(
+        data=str(scenes), teacher=str(teacher), out=str(out), log_every=1, device="cpu",
+        **(base | kw),
+    )  # fmt: skip
+
+
+def _log(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("backbone", ["resnet50", "convnext_tiny"])
 def test_pretrain_other_backbones(backbone, scenes, teacher_run, tmp_path):
-    run = dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        out=str(tmp_path / "p"),
-        splits=["train"],
-        backbone=backbone,
-        epochs=1,
-        batch_size=8,
-        warmup_epochs=0,
-        regressor_channels=32,
-        device="cpu",
-        log_every=1,
-    )
+    run = _pretrain(scenes, teacher_run, tmp_path / "p", backbone=backbone, epochs=1,
+                    batch_size=8, regressor_channels=32)  # fmt: skip
     final = torch.load(run / "final.pt", weights_only=False)
     Backbone(backbone).model.load_state_dict(final["backbone_state"], strict=True)
-    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    log = _log(run)
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
 
 
 def test_distillation_loss_goes_down(scenes, teacher_run, tmp_path):
-    run = dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        out=str(tmp_path / "p"),
-        splits=["train"],
-        backbone="resnet18",
-        epochs=6,
-        batch_size=8,
-        warmup_epochs=1,
-        lr=2e-3,
-        device="cpu",
-        log_every=1,
-    )
-    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    run = _pretrain(scenes, teacher_run, tmp_path / "p", epochs=6, batch_size=8,
+                    warmup_epochs=1, lr=2e-3)  # fmt: skip
+    log = _log(run)
     first = sum(r["mse"] for r in log[:2]) / 2
     last = sum(r["mse"] for r in log[-2:]) / 2
     assert last < 0.9 * first, (first, last)
     assert log[0]["lr"] < log[1]["lr"]  # warm-up
     assert log[-1]["lr"] < 0.1 * 2e-3  # cosine decays to ~0
-
-
-def _pretrain(scenes, teacher, out, **kw):
-    return dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher),
-        out=str(out),
-        splits=["train"],
-        backbone="resnet18",
-        batch_size=4,
-        warmup_epochs=0,
-        log_every=1,
-        device="cpu",
-        **kw,
-    )
 
 
 def test_compile_teacher_refuses_a_hooked_unet(scenes, tmp_path):
@@ -85,7 +61,7 @@ def test_compiled_pretrain_matches_eager(scenes, teacher_run, tmp_path):
     for c in (False, True):
         run = _pretrain(scenes, teacher_run, tmp_path / str(c), max_steps=3, epochs=10,
                         compile=c, compile_teacher=c)  # fmt: skip
-        logs[c] = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        logs[c] = [r["loss"] for r in _log(run)]
     assert len(logs[True]) == 3
     for a, b in zip(logs[False], logs[True], strict=True):
         assert abs(a - b) < 1e-3 * abs(a), (logs[False], logs[True])

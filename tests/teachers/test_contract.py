@@ -136,14 +136,25 @@ def test_tap_description_names_the_layers():
 
 
 def test_compiled_feature_pass_is_one_graph_and_matches_eager():
-    """compile_features: fullgraph=True fails on any graph break; same t and noise give the
-    same maps as the eager pass."""
+    """compile_features hands the whole UNet pass to torch.compile as exactly one graph
+    (fullgraph=True fails on any break); same t and noise give the same maps as eager."""
     torch.manual_seed(0)
     teacher = create_teacher("diffusion", image_size=[32, 48], preset="tiny")
     x = torch.rand(2, 3, 32, 48)
     eager = teacher(x, keys=[3, 4])
-    teacher.compile_features(backend="aot_eager", fullgraph=True)
+    graphs = []
+
+    def backend(gm, example_inputs):  # records each graph dynamo captures, runs it as is
+        graphs.append(gm)
+        return gm.forward
+
+    teacher.compile_features(backend=backend, fullgraph=True)
     compiled = teacher(x, keys=[3, 4])
+    assert len(graphs) == 1
+    conv = (torch.conv2d, F.conv2d)
+    n_conv = sum(n.op == "call_function" and n.target in conv for n in graphs[0].graph.nodes)
+    total = sum(isinstance(m, torch.nn.Conv2d) for m in teacher.unet.modules())
+    assert total / 2 < n_conv < total  # the UNet's layers, stopped before the finest blocks
     for a, b in zip(eager, compiled, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     with pytest.raises(UserError, match="compile_teacher=false"):

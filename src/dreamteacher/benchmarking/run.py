@@ -258,7 +258,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     # evaluation of a backbone: fine-tune or frozen, with N labels of seed's subset
     evals = [(p, n, s) for p in cfg.protocols for n in cfg.labels for s in cfg.seeds]
     n_jobs = len(evals) * sum(m not in TEACHER_SIDE for m in cfg.methods)
-    done = [0]
 
     def evaluate(method: str, protocol: str, n: int, seed: int) -> None:
         frozen = protocol == "frozen"
@@ -302,9 +301,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         cleanup = [] if cfg.keep_weights else ["run/checkpoints", "run/model.pt"]
         rec = cells.get(f"eval-{method}-{protocol}-N{n}-seed{seed}", ep, fn, cleanup=cleanup)
         runs.append(_run_row(method, protocol, n, subsets[(n, seed)], seed, rec))
-        done[0] += 1
+        done = sum(r["protocol"] != TEACHER_SIDE_PROTOCOL for r in runs)
         print(
-            f"benchmark [{done[0]}/{n_jobs}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
+            f"benchmark [{done}/{n_jobs}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
             f"mIoU {rec['miou']:.1f}"
         )
         write_results(out, cfg, runs, costs, cells, t_start, final=False)  # partial tables
