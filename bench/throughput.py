@@ -19,6 +19,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,7 +61,7 @@ PROFILES = {
         "backbone": "resnet50",
         "iters": 10,
         "warmup": 3,
-        "images": 256,
+        "images": 128,  # 2 batches: the feature cache of 256x320 images is 3.6 MB each
     },
 }
 
@@ -105,8 +106,11 @@ def run(
     quick: bool = False,
     overrides: dict | None = None,
     compile_backend: str | None = None,
+    on_result: Callable[[dict], None] | None = None,
 ) -> dict:
-    """`compile_backend` (e.g. "inductor"): also time the compiled teacher and step."""
+    """`compile_backend` (e.g. "inductor"): also time the compiled teacher and step.
+    `on_result` gets the result as soon as the eager figures are in, then again with the
+    compiled ones, so a run stopped while compiling keeps its eager figures."""
     device = torch.device(device_name)
     p = dict(PROFILES["quick" if quick else ("cuda" if device.type == "cuda" else "cpu")])
     p.update(overrides or {})
@@ -200,27 +204,8 @@ def run(
             "step": full_step,
             "cached_step": cached_step,
         }
-        compile_s, compile_error = {}, None
-        if compile_backend:  # a second teacher on the same UNet, compiled; the student too
-            try:
-                cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
-                cteacher = cteacher.to(device).compile_features(backend=compile_backend)
-                cstudent = torch.compile(student, backend=compile_backend)
-                compiled = {
-                    "compiled_teacher": lambda: teacher_only(cteacher),
-                    "compiled_step": lambda: full_step(cstudent, cteacher),
-                }
-                for k, fn in compiled.items():
-                    t = time.perf_counter()
-                    fn()  # compiles
-                    _sync(device)
-                    compile_s[k.removeprefix("compiled_")] = time.perf_counter() - t
-                parts |= compiled
-            except Exception as e:  # a broken compiler must not cost the eager figures
-                compile_error = f"{type(e).__name__}: {e}"[:1000]
-                print(f"torch.compile failed, eager figures only: {compile_error}", file=sys.stderr)
         sec = _time_interleaved(parts, p["iters"], p["warmup"], device)
-        t_data, t_teacher, t_student = sec["data"], sec["teacher"], sec["student"]
+        t_teacher, t_student = sec["teacher"], sec["student"]
         t_step, t_cached = sec["step"], sec["cached_step"]
 
         flops = None
@@ -232,51 +217,68 @@ def run(
                 full_step()
             flops = counter.get_total_flops()
 
-    res = {
-        "device": device_label(device),
-        "torch": torch.__version__,
-        "settings": p,
-        "images_per_s": {
-            "data": B / t_data,
-            "teacher": B / t_teacher,
-            "student": B / t_student,
-            "step": B / t_step,
-            "cached_step": B / t_cached,
-        },
-        "seconds_per_batch": {
-            "data": t_data,
-            "teacher": t_teacher,
-            "student": t_student,
-            "step": t_step,
-            "cached_step": t_cached,
-        },
-        "overhead_ratio": t_step / (t_teacher + t_student),
-        "cache": {
-            "speedup": t_step / t_cached,
-            "bytes_per_image": cache.meta["bytes_per_image"],
-            "draws": 2,
-            "build_s_per_image": t_build / p["images"],
-        },
-        "teacher_share_of_step": t_teacher / t_step,
-    }
-    if compile_error:
-        res["compiled"] = {"backend": compile_backend, "error": compile_error}
-    elif compile_backend:
-        c = {k: sec[f"compiled_{k}"] for k in ("teacher", "step")}
-        res["compiled"] = {
-            "backend": compile_backend,
-            "images_per_s": {k: B / v for k, v in c.items()},
-            "seconds_per_batch": c,
-            "compile_s": compile_s,
-            "speedup": {k: sec[k] / v for k, v in c.items()},
+        res = {
+            "device": device_label(device),
+            "torch": torch.__version__,
+            "settings": p,
+            "images_per_s": {k: B / v for k, v in sec.items()},
+            "seconds_per_batch": sec,
+            "overhead_ratio": t_step / (t_teacher + t_student),
+            "cache": {
+                "speedup": t_step / t_cached,
+                "bytes_per_image": cache.meta["bytes_per_image"],
+                "draws": 2,
+                "build_s_per_image": t_build / p["images"],
+            },
+            "teacher_share_of_step": t_teacher / t_step,
         }
-    if flops is not None:
-        achieved = flops / t_step / 1e12
-        res["tflops_per_step"] = flops / 1e12
-        res["achieved_tflops"] = achieved
-        peak = peak_tflops(device)
-        res["peak_bf16_tflops"] = peak
-        res["fraction_of_peak"] = achieved / peak if peak else None
+        if flops is not None:
+            achieved = flops / t_step / 1e12
+            res["tflops_per_step"] = flops / 1e12
+            res["achieved_tflops"] = achieved
+            peak = peak_tflops(device)
+            res["peak_bf16_tflops"] = peak
+            res["fraction_of_peak"] = achieved / peak if peak else None
+        if on_result:  # the eager figures are kept if compiling is stopped or fails
+            on_result(res)
+        if not compile_backend:
+            return res
+
+        # a second teacher on the same UNet, compiled; the student too. Timed in rounds of
+        # their own against the eager teacher and step, so each speed-up is in one run.
+        try:
+            cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
+            cteacher = cteacher.to(device).compile_features(backend=compile_backend)
+            cstudent = torch.compile(student, backend=compile_backend)
+            compiled = {
+                "teacher": lambda: teacher_only(cteacher),
+                "step": lambda: full_step(cstudent, cteacher),
+            }
+            compile_s = {}
+            for k, fn in compiled.items():
+                t = time.perf_counter()
+                fn()  # compiles
+                _sync(device)
+                compile_s[k] = time.perf_counter() - t
+            rounds = {"teacher": teacher_only, "step": full_step}
+            rounds |= {f"compiled_{k}": fn for k, fn in compiled.items()}
+            sec = _time_interleaved(rounds, p["iters"], p["warmup"], device)
+        except Exception as e:  # a broken compiler must not cost the eager figures
+            error = f"{type(e).__name__}: {e}"[:1000]
+            print(f"torch.compile failed, eager figures only: {error}", file=sys.stderr)
+            res["compiled"] = {"backend": compile_backend, "error": error}
+        else:
+            c = {k: sec[f"compiled_{k}"] for k in compiled}
+            res["compiled"] = {
+                "backend": compile_backend,
+                "images_per_s": {k: B / v for k, v in c.items()},
+                "seconds_per_batch": c,
+                "eager_seconds_per_batch": {k: sec[k] for k in compiled},
+                "compile_s": compile_s,
+                "speedup": {k: sec[k] / v for k, v in c.items()},
+            }
+    if on_result:
+        on_result(res)
     return res
 
 
@@ -333,11 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     ov = {k: v for k, v in (("batch", args.batch), ("image_size", args.image_size)) if v}
-    r = run(args.device, args.quick, ov, args.compile_backend if args.compile else None)
-    print(format_result(r))
     out = Path(args.out or f"bench/results/throughput_{args.device}{'_quick' * args.quick}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
+
+    def write(r: dict) -> None:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(r, indent=2) + "\n")
+        tmp.replace(out)
+        print(format_result(r), flush=True)
+
+    run(args.device, args.quick, ov, args.compile_backend if args.compile else None, write)
     print(f"wrote {out}")
     return 0
 
