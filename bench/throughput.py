@@ -123,7 +123,7 @@ def run(
         data = unlabeled_images(data_dir / "images", [h, w])
         sampler = ResumableBatchSampler(len(data), B, seed=0)
         loader = make_loader(Indexed(data), sampler, -1, device, 0)
-        batches = iter(loader)
+        batches = [iter(loader)]  # cleared at the end: stops the loader's workers
 
         teacher = create_teacher("diffusion", image_size=[h, w], preset=p["preset"]).to(device)
         backbone = Backbone(p["backbone"])
@@ -132,7 +132,7 @@ def run(
         if channels_last:
             student = student.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95))
-        idx0, x0 = next(batches)
+        idx0, x0 = next(batches[0])
         keys0 = sample_keys(0, 0, idx0)
         xd = x0.to(device)
         if channels_last:
@@ -141,7 +141,7 @@ def run(
             targets = [f.clone() for f in teacher(xd, keys0)]
 
         def data_only():
-            idx, x = next(batches)
+            idx, x = next(batches[0])
             x.to(device, non_blocking=True)
 
         def teacher_only(teacher=teacher):
@@ -158,7 +158,7 @@ def run(
         step_no = [0]
 
         def full_step(model=student, teacher=teacher):
-            idx, x = next(batches)
+            idx, x = next(batches[0])
             opt.zero_grad(set_to_none=True)
             distill_forward_backward(
                 model,
@@ -182,7 +182,7 @@ def run(
         cache = FeatureCache(cache_dir, data)
 
         def cached_step():
-            idx, x = next(batches)
+            idx, x = next(batches[0])
             opt.zero_grad(set_to_none=True)
             distill_forward_backward(
                 student,
@@ -241,42 +241,41 @@ def run(
             res["fraction_of_peak"] = achieved / peak if peak else None
         if on_result:  # the eager figures are kept if compiling is stopped or fails
             on_result(res)
-        if not compile_backend:
-            return res
-
-        # a second teacher on the same UNet, compiled; the student too. Timed in rounds of
-        # their own against the eager teacher and step, so each speed-up is in one run.
-        try:
-            cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
-            cteacher = cteacher.to(device).compile_features(backend=compile_backend)
-            cstudent = torch.compile(student, backend=compile_backend)
-            compiled = {
-                "teacher": lambda: teacher_only(cteacher),
-                "step": lambda: full_step(cstudent, cteacher),
-            }
-            compile_s = {}
-            for k, fn in compiled.items():
-                t = time.perf_counter()
-                fn()  # compiles
-                _sync(device)
-                compile_s[k] = time.perf_counter() - t
-            rounds = {"teacher": teacher_only, "step": full_step}
-            rounds |= {f"compiled_{k}": fn for k, fn in compiled.items()}
-            sec = _time_interleaved(rounds, p["iters"], p["warmup"], device)
-        except Exception as e:  # a broken compiler must not cost the eager figures
-            error = f"{type(e).__name__}: {e}"[:1000]
-            print(f"torch.compile failed, eager figures only: {error}", file=sys.stderr)
-            res["compiled"] = {"backend": compile_backend, "error": error}
-        else:
-            c = {k: sec[f"compiled_{k}"] for k in compiled}
-            res["compiled"] = {
-                "backend": compile_backend,
-                "images_per_s": {k: B / v for k, v in c.items()},
-                "seconds_per_batch": c,
-                "eager_seconds_per_batch": {k: sec[k] for k in compiled},
-                "compile_s": compile_s,
-                "speedup": {k: sec[k] / v for k, v in c.items()},
-            }
+        if compile_backend:
+            # a second teacher on the same UNet, compiled; the student too. Timed in rounds of
+            # their own against the eager teacher and step, so each speed-up is in one run.
+            try:
+                cteacher = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t)
+                cteacher = cteacher.to(device).compile_features(backend=compile_backend)
+                cstudent = torch.compile(student, backend=compile_backend)
+                compiled = {
+                    "teacher": lambda: teacher_only(cteacher),
+                    "step": lambda: full_step(cstudent, cteacher),
+                }
+                compile_s = {}
+                for k, fn in compiled.items():
+                    t = time.perf_counter()
+                    fn()  # compiles
+                    _sync(device)
+                    compile_s[k] = time.perf_counter() - t
+                rounds = {"teacher": teacher_only, "step": full_step}
+                rounds |= {f"compiled_{k}": fn for k, fn in compiled.items()}
+                sec = _time_interleaved(rounds, p["iters"], p["warmup"], device)
+            except Exception as e:  # a broken compiler must not cost the eager figures
+                error = f"{type(e).__name__}: {e}"[:1000]
+                print(f"torch.compile failed, eager figures only: {error}", file=sys.stderr)
+                res["compiled"] = {"backend": compile_backend, "error": error}
+            else:
+                c = {k: sec[f"compiled_{k}"] for k in compiled}
+                res["compiled"] = {
+                    "backend": compile_backend,
+                    "images_per_s": {k: B / v for k, v in c.items()},
+                    "seconds_per_batch": c,
+                    "eager_seconds_per_batch": {k: sec[k] for k in compiled},
+                    "compile_s": compile_s,
+                    "speedup": {k: sec[k] / v for k, v in c.items()},
+                }
+        batches.clear()  # the workers stop before their image folder is deleted
     if on_result:
         on_result(res)
     return res

@@ -78,10 +78,10 @@ def _gpu_sh(out, timeout, **env):
 
 
 def test_gpu_script_tiny_mode(tmp_path):
-    """bench/gpu.sh runs every command it would run on a GPU (throughput bench with
-    torch.compile, memory against dataset size, benchmark), at tiny sizes on the CPU, and
-    collects their outputs in one folder."""
-    p = _gpu_sh(tmp_path / "g", 900)
+    """bench/gpu.sh runs every command it would run on a GPU (throughput bench, with
+    torch.compile as COMPILE=1 asks, memory against dataset size, benchmark), at tiny sizes
+    on the CPU, and collects their outputs in one folder."""
+    p = _gpu_sh(tmp_path / "g", 900, COMPILE="1")
     assert p.returncode == 0, p.stderr[-3000:]
     g = tmp_path / "g"
     res = json.loads((g / "results.json").read_text())
@@ -106,7 +106,7 @@ def test_gpu_script_stops_at_its_budget(tmp_path):
     """With BUDGET seconds spent, the running stage is stopped, the later ones are skipped,
     the script exits non-zero and says so in gpu.log."""
     t = time.time()
-    p = _gpu_sh(tmp_path / "g", 120, BUDGET="6")
+    p = _gpu_sh(tmp_path / "g", 120, BUDGET="6", COMPILE="1")  # compiling outlasts 6 s
     took = time.time() - t
     assert p.returncode == 1
     log = (tmp_path / "g" / "gpu.log").read_text()
