@@ -100,3 +100,20 @@ def test_frozen_protocol_trains_the_head_only(exported, scenes, tmp_path):
     assert any(not torch.equal(trained[k], start[k]) for k in head)
     metrics = json.loads((tmp_path / "fz" / "metrics.json").read_text())
     assert metrics["freeze_backbone"] is True
+
+
+def test_evaluation_with_loader_workers_counts_the_same_pixels(scenes):
+    """Loader processes (what a GPU run uses) change nothing in the confusion matrix: it is
+    the one counted image by image in the main process, over every labelled pixel."""
+    from dreamteacher.data import MaskFolder
+    from dreamteacher.engine.supervised import evaluate
+
+    folder = MaskFolder(str(scenes))
+    data = folder.dataset(folder.splits["test"], [32, 32], full_res_masks=True)
+    torch.manual_seed(0)
+    seg = build_segmenter("resnet18", "scratch", num_classes=folder.num_classes, ch=32)
+    args = (seg, data, folder.num_classes, folder.ignore_index, torch.device("cpu"))
+    one_by_one = evaluate(*args, batch_size=1)
+    assert torch.equal(evaluate(*args, batch_size=3, num_workers=2), one_by_one)
+    labelled = sum(int((data[i][1] != folder.ignore_index).sum()) for i in range(len(data)))
+    assert int(one_by_one.sum()) == labelled > 0

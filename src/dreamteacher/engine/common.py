@@ -327,10 +327,16 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 
+def loader_workers(num_workers: int, device: torch.device) -> int:
+    """`num_workers`, or for -1 (auto) up to 8 per GPU (half the cores), 0 on CPU."""
+    if num_workers >= 0:
+        return num_workers
+    return min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+
+
 def make_loader(dataset, sampler, num_workers: int, device: torch.device, seed: int):
     """DataLoader over an index-returning dataset; pinned memory and workers on CUDA."""
-    if num_workers < 0:
-        num_workers = min(8, max(1, (os.cpu_count() or 2) // 2)) if device.type == "cuda" else 0
+    num_workers = loader_workers(num_workers, device)
     return torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
