@@ -61,7 +61,7 @@ PROFILES = {
         "backbone": "resnet50",
         "iters": 10,
         "warmup": 3,
-        "images": 128,  # 2 batches: the feature cache of 256x320 images is 3.6 MB each
+        "images": 128,  # 2 batches; the feature cache holds 3.6 MB per encoding here
     },
 }
 
@@ -276,7 +276,7 @@ def run(
                     "speedup": {k: sec[k] / v for k, v in c.items()},
                 }
         batches.clear()  # the workers stop before their image folder is deleted
-    if on_result:
+    if on_result and compile_backend:
         on_result(res)
     return res
 
