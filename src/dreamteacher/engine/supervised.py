@@ -170,7 +170,7 @@ def evaluate_and_report(
     bs = cfg.eval_batch_size if len(data.eval.mask_sizes) == 1 else 1
     seed_everything(cfg.seed)  # a teacher-side model draws its noise from the global RNG
     folder = data.folder
-    workers = loader_workers(getattr(cfg, "num_workers", 0), device)
+    workers = loader_workers(cfg.num_workers, device)
     cm = evaluate(model, data.eval, folder.num_classes, folder.ignore_index, device, bs, workers)
     iou = iou_per_class(cm)
     metrics = {
