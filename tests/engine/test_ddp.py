@@ -3,6 +3,7 @@ with the same global batch: 2 ranks x batch 4 == 1 process x batch 4 x 2 accumul
 (the same micro-batch grouping, so BatchNorm sees the same samples)."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -19,6 +20,30 @@ def _cli(args, launcher=()):
     )
     assert p.returncode == 0, p.stderr[-3000:]
     return p
+
+
+def _two_nodes(args):
+    """Two torchrun launches on this machine, each one "node" with one process, meeting
+    through torchrun's c10d rendezvous as on a cluster (rank and node rank come from it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = [
+        *("-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"),
+        *("--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"),
+        *("--rdzv_id", "two-nodes", "--rdzv_conf", "join_timeout=120"),
+    ]
+    cmd = [sys.executable, *launcher, "-m", "dreamteacher", *map(str, args)]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = [subprocess.Popen(cmd, **pipes) for _ in range(2)]
+    try:
+        outs = [n.communicate(timeout=600) for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    for n, (_, err) in zip(nodes, outs, strict=True):
+        assert n.returncode == 0, err[-3000:]
+    return [o for o, _ in outs]
 
 
 def _params(run):
@@ -90,6 +115,15 @@ def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path):
     assert all(abs(x["loss"] - y["loss"]) < 1e-4 for x, y in zip(la, lb, strict=True))
     assert ("ld" in la[0]) == (mode == "mix")
     assert la[0]["images_seen"] == lb[0]["images_seen"] == 8
+
+    if mode == "feature":
+        # two "nodes" through the c10d rendezvous: the same weights again; exactly one of
+        # the two launches holds rank 0 and prints the run's header
+        outs = _two_nodes([*common, "--out", tmp_path / "nodes"])
+        assert sorted("2 rank(s) x 4 x 1 accumulation" in o for o in outs) == [False, True]
+        c = _params(tmp_path / "nodes")
+        diff = sum(((a[k] - c[k]) ** 2).sum() for k in a).sqrt().item()
+        assert diff < 0.01 * moved, (diff, moved)
 
 
 def test_ddp_train_teacher_and_finetune(scenes, tmp_path):
