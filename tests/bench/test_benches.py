@@ -79,7 +79,7 @@ def _gpu_sh(out, timeout, **env):
 
 def test_gpu_script_tiny_mode(tmp_path):
     """bench/gpu.sh runs every command it would run on a GPU (throughput bench, with
-    torch.compile as COMPILE=1 asks, memory against dataset size, benchmark), at tiny sizes
+    torch.compile as COMPILE=1 asks, benchmark, memory against dataset size), at tiny sizes
     on the CPU, and collects their outputs in one folder."""
     p = _gpu_sh(tmp_path / "g", 900, COMPILE="1")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -97,8 +97,10 @@ def test_gpu_script_tiny_mode(tmp_path):
     assert json.loads((g / "throughput.json").read_text())["compiled"]["backend"] == "aot_eager"
     assert [r["images"] for r in json.loads((g / "memory.json").read_text())] == [40, 400]
     log = (g / "gpu.log").read_text()
-    for stage in ("throughput (cpu)", "memory against", "benchmark --profile smoke", "(rc=0)"):
-        assert stage in log
+    # the two parts the check is for first, memory in what is left
+    stages = ("throughput (cpu)", "benchmark --profile smoke", "memory against", "(rc=0)")
+    assert sorted(log.find(x) for x in stages) == [log.find(x) for x in stages]
+    assert -1 not in [log.find(x) for x in stages]
     assert "budget" not in log
 
 
@@ -115,12 +117,14 @@ def test_gpu_script_stops_at_its_budget(tmp_path):
     assert "(rc=1)" in log and took < 6 + 25  # + data generation and the kill grace
 
 
-def test_gpu_script_caps_the_first_stages(tmp_path):
-    """THROUGHPUT_S and MEMORY_S cap their stages, so the benchmark keeps the rest of the
-    budget: both capped stages are stopped at their cap, the benchmark at the budget."""
-    p = _gpu_sh(tmp_path / "g", 120, BUDGET="12", THROUGHPUT_S="1", MEMORY_S="2")
+def test_gpu_script_caps_its_stages(tmp_path):
+    """THROUGHPUT_S, BENCHMARK_S and MEMORY_S cap their stages (a capped throughput stage
+    leaves the benchmark the rest of the budget): each one is stopped at its own cap, in
+    the order throughput, benchmark, memory, and none by the budget."""
+    caps = dict(THROUGHPUT_S="1", BENCHMARK_S="3", MEMORY_S="2")
+    p = _gpu_sh(tmp_path / "g", 120, BUDGET="60", **caps)
     assert p.returncode == 1
     log = (tmp_path / "g" / "gpu.log").read_text()
-    assert "stopped at its 1 s cap" in log and "stopped at its 2 s cap" in log
-    assert "benchmark --profile smoke" in log and "stopped at the 12 s budget" in log
-    assert "skipped" not in log
+    stops = [x.split("] ")[1] for x in log.splitlines() if "stopped" in x]
+    assert stops == [f"stopped at its {n} s cap" for n in (1, 3, 2)], log
+    assert "budget" not in log and "(rc=1)" in log

@@ -96,8 +96,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # resnet18 at 64x80 on 2 CPU cores, in the background (docs/benchmarks.md has the timing)
     "cpu": {},
     # resnet50 at 256x320 on one H100/H200, in what gpu.sh leaves of its 8 minutes (at least
-    # 250 s). Sized from a partial H200 run at larger settings (docs/benchmarks.md), where a
-    # 1500-step teacher took about 170 s and each pretraining about 60 s per 560 steps.
+    # 390 s after its throughput stage). Sized from H200 runs (docs/benchmarks.md): a
+    # 400-step teacher took 53 s, each pretraining 12-14 s, each evaluation 10-13 s.
     "gpu": {
         "methods": PRETRAINED,  # the per-(N, seed) rows do not fit the 8 minutes
         "backbone": "resnet50",
