@@ -1,4 +1,5 @@
-"""Training loops: train-teacher, pretrain, finetune (each one file, read top to bottom)."""
+"""Training commands: train-teacher, pretrain, finetune, ... (one file each); they all run the
+one optimizer loop in loop.py and give it what one of their steps computes."""
 
 from dreamteacher.engine.cache import cache_features
 from dreamteacher.engine.finetune import finetune

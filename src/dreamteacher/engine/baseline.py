@@ -2,11 +2,13 @@
 backbone and the same loop conventions as pretrain; RUN/final.pt exports with `export`.
 
 Augmentations are lightly's (random per call), so a resumed run continues from its last
-checkpoint but is not bit-identical to an uninterrupted one (pretrain's is)."""
+checkpoint but is not bit-identical to an uninterrupted one (pretrain's is). With
+accum_steps > 1 a rank's batch_size x accum_steps images go through in one pass (a contrastive
+loss wants its negatives together, a momentum encoder moves once per step), so accumulation
+keeps the global batch here but does not lower memory."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -16,19 +18,16 @@ from dreamteacher.config import BaselineConfig
 from dreamteacher.data import unlabeled_images
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
-    NonFiniteGuard,
     Run,
     atomic_save,
     autocast,
     epoch_schedule,
-    loop_state,
-    lr_at,
     param_groups,
-    progress,
     restore,
     seed_everything,
     training_loader,
 )
+from dreamteacher.engine.loop import optimize
 
 
 class Views(torch.utils.data.Dataset):
@@ -78,50 +77,33 @@ def pretrain_baseline(cfg: BaselineConfig) -> Path:
             f"{cfg.image_size[0]}x{cfg.image_size[1]}, {total} steps "
             f"({total / steps_per_epoch:g} epochs) of global batch {global_batch}, device {device}"
         )
-    model.train()
-    guard = NonFiniteGuard(cfg.max_bad_steps, run, net)
-    with progress(total, start, f"pretrain {cfg.method}", disable=not env.main) as bar:
-        t0 = time.time()
-        for step, (_idx, *views) in zip(range(start, total), loader):
-            lr = lr_at(step, total, warmup, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            guard.begin()
-            views = [v.to(device, non_blocking=True) for v in views]  # 2 x (B, 3, H, W)
-            with autocast(device, cfg.precision):
-                # forward = the method's loss; momentum encoders are frozen, DDP skips them
-                loss = model(views, step / max(1, total - 1))
-            loss.float().backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), float("inf"))
-            ok = guard.ok(step, loss.detach(), gnorm)
-            if ok:
-                opt.step()
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total:
-                logs = dist.mean_over_ranks({"loss": loss.item()}, env)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-                if ok:
-                    run.log(
-                        {
-                            "step": done,
-                            "epoch": done / steps_per_epoch,
-                            "lr": lr,
-                            **logs,
-                            "images_seen": done * global_batch,
-                            "time": time.time() - t0,
-                        }
-                    )
-            if done % cfg.save_every == 0 or done == total:
-                run.save_checkpoint(
-                    done,
-                    {
-                        "model": net.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        **loop_state(sampler, total, warmup),
-                    },
-                )
+
+    def step_fn(step: int, batch) -> dict[str, torch.Tensor]:
+        # the rank's batch_size x accum_steps images in one pass: a contrastive loss needs its
+        # negatives together, and a momentum encoder moves once per step
+        _idx, *views = batch
+        views = [v.to(device, non_blocking=True) for v in views]  # 2 x (B, 3, H, W)
+        with autocast(device, cfg.precision):
+            # forward = the method's loss; momentum encoders are frozen, DDP skips them
+            loss = model(views, step / max(1, total - 1))
+        loss.float().backward()
+        return {"loss": loss.detach().float()}
+
+    train_s = optimize(
+        loader,
+        sampler,
+        step_fn,
+        net,
+        opt,
+        run,
+        env,
+        cfg,
+        start=start,
+        total=total,
+        warmup=warmup,
+        desc=f"pretrain {cfg.method}",
+        steps_per_epoch=steps_per_epoch,
+    )
     if env.main:
         atomic_save(
             {
@@ -131,7 +113,7 @@ def pretrain_baseline(cfg: BaselineConfig) -> Path:
                 "backbone_state": net.backbone.state_dict_for_export(),
                 "image_size": cfg.image_size,
                 "steps": total,
-                "train_time_s": time.time() - t0,
+                "train_time_s": train_s,
             },
             run.dir / "final.pt",
         )

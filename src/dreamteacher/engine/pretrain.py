@@ -4,7 +4,6 @@ Runs as one process or under torchrun (DDP over student + regressor; engine/dist
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -13,21 +12,18 @@ from dreamteacher.config import PretrainConfig
 from dreamteacher.data import unlabeled_images
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
-    NonFiniteGuard,
     Run,
     atomic_save,
     autocast,
     epoch_schedule,
-    loop_state,
-    lr_at,
     micro_batches,
     param_groups,
-    progress,
     resolve_teacher,
     restore,
     seed_everything,
     training_loader,
 )
+from dreamteacher.engine.loop import optimize
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.losses import mix_distillation_loss
@@ -139,69 +135,48 @@ def pretrain(cfg: PretrainConfig) -> Path:
         )
         for line in getattr(teacher, "tap_description", lambda: [])():
             print(f"  teacher {line}")
-    model.train()
-    guard = NonFiniteGuard(cfg.max_bad_steps, run, student)
     ld = {"lambda_ld": cfg.lambda_ld, "tau": cfg.tau, "tau_squared": cfg.tau_squared}
-    with progress(total, start, "pretrain", disable=not env.main) as bar:
-        t0 = time.time()
-        for step, (idx, x) in zip(range(start, total), loader):
-            lr = lr_at(step, total, warmup, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            guard.begin()
-            logs, step_loss = {}, torch.zeros((), device=device)
-            for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
-                keys = sample_keys(cfg.seed, step, idx_m)
-                with dist.no_sync(model, sync=m == cfg.accum_steps - 1):
-                    losses = distill_forward_backward(
-                        model,
-                        teacher,
-                        x_m,
-                        keys,
-                        device,
-                        cfg.lambda_at,
-                        cfg.precision,
-                        channels_last,
-                        scale=1 / cfg.accum_steps,
-                        cache=cache,
-                        indices=idx_m,
-                        interpreter=interpreter,
-                        ld=ld,
-                    )
-                step_loss += losses["loss"].detach().float()
-                for k, v in losses.items():
-                    logs[k] = logs.get(k, 0.0) + v.detach() / cfg.accum_steps  # no sync
-            # the gradients are all-reduced, so every rank takes the same decision
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-            ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
-            if ok:
-                opt.step()
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total:  # host syncs only when logging
-                logs = dist.mean_over_ranks({k: v.item() for k, v in logs.items()}, env)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-                if ok:
-                    run.log(
-                        {
-                            "step": done,
-                            "epoch": done / steps_per_epoch,
-                            "lr": lr,
-                            **logs,
-                            "images_seen": done * global_batch,
-                            "time": time.time() - t0,
-                        }
-                    )
-            if done % cfg.save_every == 0 or done == total:
-                run.save_checkpoint(
-                    done,
-                    {
-                        "model": student.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        **loop_state(sampler, total, warmup),
-                    },
+
+    def step_fn(step: int, batch) -> dict[str, torch.Tensor]:
+        idx, x = batch  # B, and B, 3, H, W: this rank's share of the global batch
+        terms: dict[str, torch.Tensor] = {}
+        for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
+            keys = sample_keys(cfg.seed, step, idx_m)
+            with dist.no_sync(model, sync=m == cfg.accum_steps - 1):
+                losses = distill_forward_backward(
+                    model,
+                    teacher,
+                    x_m,
+                    keys,
+                    device,
+                    cfg.lambda_at,
+                    cfg.precision,
+                    channels_last,
+                    scale=1 / cfg.accum_steps,
+                    cache=cache,
+                    indices=idx_m,
+                    interpreter=interpreter,
+                    ld=ld,
                 )
+            for k, v in losses.items():
+                terms[k] = terms.get(k, 0.0) + v.detach().float() / cfg.accum_steps
+        return terms
+
+    optimize(
+        loader,
+        sampler,
+        step_fn,
+        student,
+        opt,
+        run,
+        env,
+        cfg,
+        start=start,
+        total=total,
+        warmup=warmup,
+        desc="pretrain",
+        steps_per_epoch=steps_per_epoch,
+    )
     if env.main:
         atomic_save(
             {

@@ -5,7 +5,6 @@ checkpoints and resume, DDP, then the test-split evaluation written to RUN/metri
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,21 +14,18 @@ import torch.nn.functional as F
 from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
-    NonFiniteGuard,
     Run,
     atomic_json,
     autocast,
     loader_workers,
-    loop_state,
-    lr_at,
     micro_batches,
     param_groups,
-    progress,
     restore,
     seed_everything,
     track,
     training_loader,
 )
+from dreamteacher.engine.loop import optimize
 from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.eval import confusion_matrix, iou_per_class, mean_iou
@@ -77,56 +73,42 @@ def fit(
     """Train `net`'s trainable parameters for `steps` steps; checkpoints `net.state_dict()`.
     Returns the training wall time in seconds."""
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=betas)
-    trainable = [p for p in net.parameters() if p.requires_grad]
     start = restore(run, cfg.resume, net, opt)
     if start == 0:
         seed_everything(cfg.seed + env.rank)  # dropout noise: its own stream per rank
     model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
     sampler, loader = training_loader(train_set, cfg, env, device, start, steps)
-    model.train()
-    guard = NonFiniteGuard(cfg.max_bad_steps, run, net)
-    t0 = time.time()
-    with progress(steps, start, desc, disable=not env.main) as bar:
-        for step, (idx, x, y) in zip(range(start, steps), loader):
-            lr = lr_at(step, steps, warmup, cfg.lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            guard.begin()
-            logs: dict[str, torch.Tensor] = {}
-            for m, (idx_m, x_m, y_m) in micro_batches(cfg.accum_steps, idx, x, y):
-                keys = sample_keys(cfg.seed, step, idx_m)
-                x_m, y_m = keyed_hflip(keys, x_m.to(device), y_m.to(device))  # B,3,H,W / B,H,W
-                with (
-                    autocast(device, cfg.precision),
-                    dist.no_sync(model, sync=m == cfg.accum_steps - 1),
-                ):
-                    losses = step_fn(model, x_m, y_m, keys)
-                    (losses["loss"] / cfg.accum_steps).backward()
-                for k, v in losses.items():
-                    logs[k] = logs.get(k, 0.0) + v.detach().float() / cfg.accum_steps
-            # the gradients are all-reduced, so every rank takes the same decision
-            gnorm = torch.nn.utils.clip_grad_norm_(trainable, float("inf"))
-            ok = guard.ok(step, logs["loss"], gnorm)  # a NaN/inf step is skipped
-            if ok:
-                opt.step()
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == steps:  # host syncs only when logging
-                vals = dist.mean_over_ranks({k: v.item() for k, v in logs.items()}, env)
-                bar.set_postfix(loss=f"{vals['loss']:.4f}")
-                if ok:
-                    run.log({"step": done, **vals, "lr": lr, "time": time.time() - t0})
-            if done % cfg.save_every == 0 or done == steps:
-                run.save_checkpoint(
-                    done,
-                    {
-                        "model": net.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        **loop_state(sampler, steps, warmup),
-                    },
-                )
-    return time.time() - t0
+
+    def one_step(step: int, batch) -> dict[str, torch.Tensor]:
+        idx, x, y = batch  # B, and B, 3, H, W and B, H, W: this rank's share
+        terms: dict[str, torch.Tensor] = {}
+        for m, (idx_m, x_m, y_m) in micro_batches(cfg.accum_steps, idx, x, y):
+            keys = sample_keys(cfg.seed, step, idx_m)
+            x_m, y_m = keyed_hflip(keys, x_m.to(device), y_m.to(device))  # B,3,H,W / B,H,W
+            with (
+                autocast(device, cfg.precision),
+                dist.no_sync(model, sync=m == cfg.accum_steps - 1),
+            ):
+                losses = step_fn(model, x_m, y_m, keys)
+                (losses["loss"] / cfg.accum_steps).backward()
+            for k, v in losses.items():
+                terms[k] = terms.get(k, 0.0) + v.detach().float() / cfg.accum_steps
+        return terms
+
+    return optimize(
+        loader,
+        sampler,
+        one_step,
+        net,
+        opt,
+        run,
+        env,
+        cfg,
+        start=start,
+        total=steps,
+        warmup=warmup,
+        desc=desc,
+    )
 
 
 @torch.no_grad()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -15,19 +14,16 @@ from dreamteacher.config import TeacherConfig
 from dreamteacher.data import unlabeled_images
 from dreamteacher.engine import dist
 from dreamteacher.engine.common import (
-    NonFiniteGuard,
     Run,
     atomic_json,
     atomic_write,
     autocast,
-    loop_state,
-    lr_at,
     micro_batches,
-    progress,
     restore,
     seed_everything,
     training_loader,
 )
+from dreamteacher.engine.loop import optimize
 from dreamteacher.engine.randomness import keyed_hflip, keyed_randint, keyed_randn, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.teachers.diffusion import build_scheduler, build_unet, sample_images
@@ -73,65 +69,50 @@ def train_teacher(cfg: TeacherConfig) -> Path:
             f"UNet {cfg.preset} {n_params / 1e6:.1f}M params, {cfg.steps} steps of global batch "
             f"{global_batch}, device {device}"
         )
-    model.train()
-    guard = NonFiniteGuard(cfg.max_bad_steps, run, unet)
-    with progress(cfg.steps, start, "train-teacher", disable=not env.main) as bar:
-        t0 = time.time()
-        for step, (idx, x) in zip(range(start, cfg.steps), loader):
-            lr = lr_at(step, cfg.steps, cfg.warmup_steps, cfg.lr, final_frac=0.1)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            guard.begin()
-            step_loss = torch.zeros((), device=device)
-            for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
-                keys = sample_keys(cfg.seed, step, idx_m)
-                (x_m,) = keyed_hflip(keys, x_m.to(device, non_blocking=True))
-                x0 = x_m * 2 - 1  # B, 3, H, W in [-1, 1]
-                noise = keyed_randn(keys, tuple(x0.shape[1:]), device)
-                t = keyed_randint(keys, cfg.num_train_timesteps).to(device)
-                ab = acp[t].view(-1, 1, 1, 1)
-                xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-                with (
-                    autocast(device, cfg.precision),
-                    dist.no_sync(model, sync=m == cfg.accum_steps - 1),
-                ):
-                    pred = model(xt, t).sample
-                    loss = F.mse_loss(pred.float(), noise)  # epsilon prediction
-                    (loss / cfg.accum_steps).backward()
-                step_loss += loss.detach() / cfg.accum_steps
-            gnorm = torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            ok = guard.ok(step, step_loss, gnorm)  # a NaN/inf step is skipped
-            if ok:
-                opt.step()
-                # EMA with warm-up, so short runs are not dominated by the random init
-                ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
-            bar.update(1)
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps:  # host syncs only when logging
-                logs = dist.mean_over_ranks({"loss": step_loss.item()}, env)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
-                if ok:
-                    run.log(
-                        {
-                            "step": done,
-                            **logs,
-                            "lr": lr,
-                            "grad_norm": gnorm.item(),
-                            "images_seen": done * global_batch,
-                            "time": time.time() - t0,
-                        }
-                    )
-            if done % cfg.save_every == 0 or done == cfg.steps:
-                run.save_checkpoint(
-                    done,
-                    {
-                        "model": unet.state_dict(),
-                        "ema": ema.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        **loop_state(sampler, cfg.steps, cfg.warmup_steps),
-                    },
-                )
+
+    def step_fn(step: int, batch) -> dict[str, torch.Tensor]:
+        idx, x = batch  # B, and B, 3, H, W: this rank's share of the global batch
+        step_loss = torch.zeros((), device=device)
+        for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
+            keys = sample_keys(cfg.seed, step, idx_m)
+            (x_m,) = keyed_hflip(keys, x_m.to(device, non_blocking=True))
+            x0 = x_m * 2 - 1  # B, 3, H, W in [-1, 1]
+            noise = keyed_randn(keys, tuple(x0.shape[1:]), device)
+            t = keyed_randint(keys, cfg.num_train_timesteps).to(device)
+            ab = acp[t].view(-1, 1, 1, 1)
+            xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+            with (
+                autocast(device, cfg.precision),
+                dist.no_sync(model, sync=m == cfg.accum_steps - 1),
+            ):
+                pred = model(xt, t).sample
+                loss = F.mse_loss(pred.float(), noise)  # epsilon prediction
+                (loss / cfg.accum_steps).backward()
+            step_loss += loss.detach() / cfg.accum_steps
+        return {"loss": step_loss}
+
+    def update_ema(step: int) -> None:
+        # EMA with warm-up, so short runs are not dominated by the random init
+        ema_update(ema, unet, min(cfg.ema_decay, (1 + step) / (10 + step)))
+
+    optimize(
+        loader,
+        sampler,
+        step_fn,
+        unet,
+        opt,
+        run,
+        env,
+        cfg,
+        start=start,
+        total=cfg.steps,
+        warmup=cfg.warmup_steps,
+        desc="train-teacher",
+        lr_final_frac=0.1,
+        max_grad_norm=1.0,
+        after_update=update_ema,
+        extra_state=lambda: {"ema": ema.state_dict()},
+    )
     if env.main:
         save_teacher(run.dir, ema, scheduler, cfg)
         grid = sample_images(
