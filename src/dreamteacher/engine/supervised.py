@@ -1,6 +1,7 @@
-"""The loop every supervised segmentation command shares (finetune, train-interpreter,
-train-ddpm-seg): N labelled images of a mask folder, warm-up + cosine AdamW, keyed flips,
-checkpoints and resume, DDP, then the test-split evaluation written to RUN/metrics.json."""
+"""What every supervised segmentation command shares (finetune, train-interpreter,
+train-ddpm-seg): N labelled images of a mask folder, their keyed flips and micro-batches as
+the step that engine/loop.py runs (warm-up + cosine AdamW, checkpoints and resume, DDP),
+then the test-split evaluation written to RUN/metrics.json."""
 
 from __future__ import annotations
 
