@@ -99,8 +99,8 @@ def test_gpu_script_tiny_mode(tmp_path):
     log = (g / "gpu.log").read_text()
     # the two parts the check is for first, memory in what is left
     stages = ("throughput (cpu)", "benchmark --profile smoke", "memory against", "(rc=0)")
-    assert sorted(log.find(x) for x in stages) == [log.find(x) for x in stages]
-    assert -1 not in [log.find(x) for x in stages]
+    where = [log.find(x) for x in stages]
+    assert -1 not in where and where == sorted(where), log
     assert "budget" not in log
 
 
