@@ -158,6 +158,9 @@ class CacheConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"  # auto (bf16 on CUDA, as pretrain encodes online) | fp32 | bf16
+    compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
+    num_workers: int = -1  # image decoding workers; -1 = auto (0 on CPU, up to 8 per GPU)
     strict: bool = False
 
 

@@ -34,8 +34,11 @@ def test_throughput_quick(tmp_path):
     assert abs(r["overhead_ratio"] - s["step"] / (s["teacher"] + s["student"])) < 1e-9
     assert abs(r["images_per_s"]["step"] - r["settings"]["batch"] / s["step"]) < 1e-6
     assert "overhead ratio" in p.stdout
+    # the feature cache's step against the step timed in the same rounds of their own
     c = r["cache"]
-    assert abs(c["speedup"] - s["step"] / s["cached_step"]) < 1e-9 and c["bytes_per_image"] > 0
+    cs = c["seconds_per_batch"]
+    assert set(cs) == {"step", "data", "step_cached"} and all(v > 0 for v in cs.values())
+    assert abs(c["speedup"] - cs["step"] / cs["step_cached"]) < 1e-9 and c["bytes_per_image"] > 0
     # the compiled teacher and step (teacher and student both compiled) timed the same way
     k = r["compiled"]
     assert k["backend"] == "aot_eager" and all(v > 0 for v in k["compile_s"].values())
@@ -44,9 +47,10 @@ def test_throughput_quick(tmp_path):
         assert abs(k["speedup"][part] - e / k["seconds_per_batch"][part]) < 1e-9
     # the eager figures are written (and printed) before compiling starts, then again with
     # the compiled ones: a run stopped while compiling keeps them
-    first, second = p.stdout.split("device:")[1:]
-    assert "overhead ratio" in first and "compiled" not in first
-    assert "compiled teacher" in second
+    first, second, third = p.stdout.split("device:")[1:]
+    assert "overhead ratio" in first and "feature cache" not in first
+    assert "feature cache: step" in second and "compiled" not in second
+    assert "compiled teacher" in third
 
 
 def test_throughput_keeps_eager_figures_when_compile_fails(tmp_path):
@@ -58,6 +62,29 @@ def test_throughput_keeps_eager_figures_when_compile_fails(tmp_path):
     r = json.loads(out.read_text())
     assert "no_such_backend" in r["compiled"]["error"] and "images_per_s" not in r["compiled"]
     assert r["seconds_per_batch"]["step"] > 0 and "failed" in p.stdout
+
+
+def test_throughput_keeps_other_figures_when_the_cache_part_fails(monkeypatch):
+    """A feature-cache part that fails (simulated: the disk is full while the cache is
+    written) is recorded, not fatal; the step's figures stay."""
+    import errno
+    import importlib.util
+
+    import dreamteacher.teachers.cache as cache_mod
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod, "build_cache", full_disk)
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "bench" / "throughput.py")
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    seen = []
+    r = throughput.run("cpu", quick=True, on_result=lambda res: seen.append(dict(res)))
+    assert "No space left" in r["cache"]["error"] and "speedup" not in r["cache"]
+    assert r["seconds_per_batch"]["step"] > 0 and r["overhead_ratio"] > 0
+    assert [("cache" in x) for x in seen] == [False, True]  # written before and after
+    assert "feature cache part failed" in throughput.format_result(r)
 
 
 def test_memory_does_not_grow_with_dataset(tmp_path):

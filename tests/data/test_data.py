@@ -5,7 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from dreamteacher.data import ImageFolder, MaskFolder, ResumableBatchSampler, select_labeled
+from dreamteacher.data import (
+    ImageFolder,
+    MaskFolder,
+    ResumableBatchSampler,
+    StepTagged,
+    select_labeled,
+)
 from dreamteacher.data.synthetic import CLASSES, make_scenes
 from dreamteacher.errors import UserError
 
@@ -94,3 +100,14 @@ def test_sampler_resume_continues_the_same_order():
     assert sorted(ranks[0][0] + ranks[1][0]) == sorted(
         list(ResumableBatchSampler(10, 4, seed=7, total_steps=1))[0]
     )
+
+
+def test_step_tags_follow_a_resumed_sampler():
+    """Each index is tagged with the global step of its batch, also when resuming at step 4."""
+    sampler = ResumableBatchSampler(
+        10, 3, seed=7, start_step=4, total_steps=9, rank=1, world_size=2
+    )
+    tagged = list(StepTagged(sampler))
+    assert len(tagged) == len(sampler) == 5
+    for k, batch in enumerate(tagged):
+        assert batch == [(4 + k, i) for i in sampler.batch(4 + k)]

@@ -3,7 +3,6 @@ with the same global batch: 2 ranks x batch 4 == 1 process x batch 4 x 2 accumul
 (the same micro-batch grouping, so BatchNorm sees the same samples)."""
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -24,14 +23,18 @@ def _cli(args, launcher=()):
 
 def _two_nodes(args):
     """Two torchrun launches on this machine, each one "node" with one process, meeting
-    through torchrun's c10d rendezvous as on a cluster (rank and node rank come from it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    through torchrun's c10d rendezvous as on a cluster (rank and node rank come from it).
+    The rendezvous store is hosted here, on a port the OS assigns while it stays bound (no
+    other process can take it), and both launches join it as clients (is_host=false)."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    store = TCPStore("127.0.0.1", 0, is_master=True, multi_tenant=True, timeout=timedelta(0, 60))
     launcher = [
         *("-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1"),
-        *("--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}"),
-        *("--rdzv_id", "two-nodes", "--rdzv_conf", "join_timeout=120"),
+        *("--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{store.port}"),
+        *("--rdzv_id", "two-nodes", "--rdzv_conf", "is_host=false,join_timeout=120"),
     ]
     cmd = [sys.executable, *launcher, "-m", "dreamteacher", *map(str, args)]
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -41,6 +44,7 @@ def _two_nodes(args):
     finally:
         for n in nodes:
             n.kill()
+        del store
     for n, (_, err) in zip(nodes, outs, strict=True):
         assert n.returncode == 0, err[-3000:]
     return [o for o, _ in outs]

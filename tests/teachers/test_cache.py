@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from dreamteacher.data import unlabeled_images
 from dreamteacher.engine.randomness import mix
 from dreamteacher.errors import UserError
 from dreamteacher.teachers import load_teacher
-from dreamteacher.teachers.cache import FeatureCache
+from dreamteacher.teachers.cache import CachedTargets, FeatureCache
 
 
 @pytest.fixture(scope="module")
@@ -43,33 +44,77 @@ def test_cache_holds_the_teacher_features(cache_dir, scenes, teacher_run):
             assert torch.allclose(got, ref[lvl][0], atol=2e-2 * ref[lvl].abs().max().item())
 
 
-def test_lookup_flips_match_draws(cache_dir, scenes):
-    cache = FeatureCache(cache_dir)
-    feats, flips = cache.lookup(torch.tensor([0, 5, 5]), [11, 12, 13])
-    assert [f.shape[0] for f in feats] == [3, 3, 3, 3]
-    js = [mix(k, 5) % 2 for k in (11, 12, 13)]
-    assert flips.tolist() == [j == 1 for j in js]
-    for b, (i, j) in enumerate(zip([0, 5, 5], js, strict=True)):
-        ref = np.load(cache_dir / "level1.npy", mmap_mode="r")[i, j]
-        assert torch.equal(feats[1][b], torch.from_numpy(ref.astype(np.float32)))
+def test_cached_items_read_the_draw_of_their_step_key(cache_dir, scenes):
+    """Item (step, i) is image i, flipped iff its draw j = mix(mix(seed, step, i), 5) mod K
+    is odd, with draw j's targets: the draw online training would key for that sample."""
+    data = unlabeled_images(scenes, [32, 32], ["train"])
+    items = CachedTargets(data, FeatureCache(cache_dir, data), seed=3)
+    arrays = [np.load(cache_dir / f"level{i}.npy", mmap_mode="r") for i in range(4)]
+    seen = set()
+    for step, i in [(0, 0), (0, 5), (1, 5), (2, 5), (7, 11), (8, 11)]:
+        j = mix(mix(3, step, i), 5) % 2
+        seen.add(j)
+        idx, x, *targets = items[(step, i)]
+        assert idx == i and len(targets) == 4
+        assert torch.equal(x, data[i].flip(-1) if j else data[i])
+        for lvl, t in enumerate(targets):
+            assert t.dtype == torch.float16
+            assert torch.equal(t, torch.from_numpy(np.array(arrays[lvl][i, j])))
+    assert seen == {0, 1}  # both orientations came up
+
+
+def test_cache_is_not_copied_into_worker_pickles(cache_dir, scenes):
+    """A spawned DataLoader worker gets the cache's path, not its arrays (np.memmap would
+    pickle its whole contents)."""
+    data = unlabeled_images(scenes, [32, 32], ["train"])
+    cache = FeatureCache(cache_dir, data)
+    cache.read(0, 0)  # the maps are open in this process
+    blob = pickle.dumps(cache)
+    assert len(blob) < 8_000, len(blob)
+    again = pickle.loads(blob)
+    assert all(np.array_equal(a, b) for a, b in zip(again.read(4, 1), cache.read(4, 1)))
+
+
+def test_cache_build_with_workers_and_bf16(cache_dir, scenes, teacher_run, tmp_path):
+    """Decoding workers change nothing in the stored targets; precision=bf16 is applied (the
+    targets differ from fp32 by bf16 rounding only)."""
+    kw = dict(data=str(scenes), teacher=str(teacher_run), splits=["train"], draws=2)
+    kw |= dict(batch_size=5, device="cpu")
+    workers = dt.api.cache_features(out=str(tmp_path / "w"), num_workers=2, **kw)
+    bf16 = dt.api.cache_features(out=str(tmp_path / "b"), precision="bf16", **kw)
+    for lvl in range(4):
+        ref = np.load(cache_dir / f"level{lvl}.npy").astype(np.float32)
+        assert np.array_equal(np.load(workers / f"level{lvl}.npy").astype(np.float32), ref)
+        b = np.load(bf16 / f"level{lvl}.npy").astype(np.float32)
+        err = np.abs(b - ref).max() / np.abs(ref).max()
+        assert 0 < err < 0.1, (lvl, err)
 
 
 def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):
-    run = dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        out=str(tmp_path / "p"),
-        splits=["train"],
-        backbone="resnet18",
-        epochs=2,
-        batch_size=4,
-        warmup_epochs=0,
-        feature_cache=str(cache_dir),
-        device="cpu",
-        log_every=1,
-    )
-    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(log) == 8 and all(np.isfinite(r["loss"]) for r in log)
+    """Reading the cache in two loader workers gives the run that reading it in the main
+    process gives, bit for bit (the draws follow the step keys wherever they are read)."""
+    runs = [
+        dt.pretrain(
+            data=str(scenes),
+            teacher=str(teacher_run),
+            out=str(tmp_path / f"p{workers}"),
+            splits=["train"],
+            backbone="resnet18",
+            epochs=2,
+            batch_size=4,
+            warmup_epochs=0,
+            feature_cache=str(cache_dir),
+            device="cpu",
+            log_every=1,
+            num_workers=workers,
+        )
+        for workers in (0, 2)
+    ]
+    logs = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in runs]
+    assert len(logs[0]) == 8 and all(np.isfinite(r["loss"]) for r in logs[0])
+    assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+    a, b = (torch.load(r / "final.pt", weights_only=False)["backbone_state"] for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(UserError, match="built for another set of images"):
         dt.pretrain(
             data=str(scenes),
@@ -80,3 +125,21 @@ def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):
             feature_cache=str(cache_dir),
             device="cpu",
         )
+
+
+def test_cache_compile_teacher_reaches_the_teacher(scenes, tmp_path):
+    """compile_teacher=true is handed to the teacher: an NCSN++-style UNet (read through
+    hooks) is refused with the fix, before the cache folder is made."""
+    from tests.teachers.test_contract import _skip_unet
+
+    _skip_unet().save_pretrained(tmp_path / "ncsnpp")
+    with pytest.raises(UserError, match="compile_teacher=false"):
+        dt.api.cache_features(
+            data=str(scenes),
+            teacher=str(tmp_path / "ncsnpp"),
+            out=str(tmp_path / "c"),
+            image_size=[32, 32],
+            compile_teacher=True,
+            device="cpu",
+        )
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()

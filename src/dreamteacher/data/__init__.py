@@ -7,7 +7,7 @@ from dreamteacher.data.folder import (
     load_rgb,
     unlabeled_images,
 )
-from dreamteacher.data.sampler import Indexed, ResumableBatchSampler
+from dreamteacher.data.sampler import Indexed, ResumableBatchSampler, StepTagged
 from dreamteacher.data.segmentation import MaskFolder, select_labeled
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ResumableBatchSampler",
     "list_images",
     "load_rgb",
+    "StepTagged",
     "select_labeled",
     "unlabeled_images",
 ]

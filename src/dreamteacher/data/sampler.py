@@ -63,6 +63,21 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[int]]):
         return max(0, self.total_steps - self.start_step)
 
 
+class StepTagged(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """A ResumableBatchSampler's batches with each index tagged by its step: [(step, i), ...],
+    for datasets whose items depend on the step (the feature cache's draw, CachedTargets)."""
+
+    def __init__(self, sampler: ResumableBatchSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step, batch in enumerate(self.sampler, self.sampler.start_step):
+            yield [(step, i) for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 class Indexed(torch.utils.data.Dataset):
     """Returns (index, *item): the index keys the sample's randomness (engine/randomness.py)."""
 

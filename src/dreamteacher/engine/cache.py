@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dreamteacher.config import CacheConfig, save_config
 from dreamteacher.data import unlabeled_images
-from dreamteacher.engine.common import resolve_device, track
+from dreamteacher.engine.common import loader_workers, resolve_device, track
 from dreamteacher.errors import UserError
 from dreamteacher.teachers import load_teacher
 from dreamteacher.teachers.cache import build_cache
@@ -23,6 +23,8 @@ def cache_features(cfg: CacheConfig) -> Path:
         raise UserError("the teacher folder does not say its resolution; pass --image-size")
     cfg.image_size = list(size)
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
+    if cfg.compile_teacher:
+        teacher.compile_features()
     print(f"cache-features: {len(data)} images x {cfg.draws} encodings (t={cfg.t}) -> {cfg.out}")
     out = build_cache(
         teacher,
@@ -34,6 +36,8 @@ def cache_features(cfg: CacheConfig) -> Path:
         cfg.seed,
         meta={"teacher": str(cfg.teacher), "t": cfg.t, "image_size": cfg.image_size},
         progress=lambda it: track(it, "cache"),
+        precision=cfg.precision,
+        num_workers=loader_workers(cfg.num_workers, device),
     )
     save_config(cfg, out / "config.yaml")
     print(f"feature cache written to {out}; use it with `pretrain ... feature_cache={out}`")

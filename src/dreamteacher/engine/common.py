@@ -347,11 +347,20 @@ def make_loader(dataset, sampler, num_workers: int, device: torch.device, seed: 
     )
 
 
-def training_loader(dataset, cfg: Any, env: Any, device: torch.device, start: int, total: int):
+def training_loader(
+    dataset,
+    cfg: Any,
+    env: Any,
+    device: torch.device,
+    start: int,
+    total: int,
+    step_keyed: bool = False,
+):
     """(sampler, loader) for a training loop: this rank's share of each global batch of
     batch_size x accum_steps x world_size samples, from step `start` to `total`; items carry
-    their dataset index (it keys their randomness)."""
-    from dreamteacher.data import Indexed, ResumableBatchSampler
+    their dataset index (it keys their randomness). `step_keyed`: the dataset itself takes
+    (step, index) keys and returns the index first (teachers/cache.py CachedTargets)."""
+    from dreamteacher.data import Indexed, ResumableBatchSampler, StepTagged
 
     sampler = ResumableBatchSampler(
         len(dataset),
@@ -362,6 +371,8 @@ def training_loader(dataset, cfg: Any, env: Any, device: torch.device, start: in
         rank=env.rank,
         world_size=env.world_size,
     )
+    if step_keyed:
+        return sampler, make_loader(dataset, StepTagged(sampler), cfg.num_workers, device, cfg.seed)
     return sampler, make_loader(Indexed(dataset), sampler, cfg.num_workers, device, cfg.seed)
 
 

@@ -28,7 +28,7 @@ from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.losses import mix_distillation_loss
 from dreamteacher.student import Backbone, FeatureRegressor, Student
-from dreamteacher.teachers.cache import FeatureCache
+from dreamteacher.teachers.cache import CachedTargets, FeatureCache
 from dreamteacher.teachers.interpreter import FeatureInterpreter, load_interpreter
 
 MODES = ("feature", "label", "mix")
@@ -44,28 +44,24 @@ def distill_forward_backward(
     precision: str = "auto",
     channels_last: bool = False,
     scale: float = 1.0,
-    cache: FeatureCache | None = None,
-    indices: torch.Tensor | None = None,
+    cached: list[torch.Tensor] | None = None,
     interpreter: FeatureInterpreter | None = None,
     ld: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """One micro-batch of distillation: flip, teacher targets, student predictions, loss,
     backward (gradients scaled by `scale`). x # B, 3, H, W in [0, 1], on any device.
-    With a feature cache the targets (and the flip) come from one of the sample's cached
-    encodings instead of the teacher. With an interpreter, its logits on the same teacher
-    features are the soft labels of L_ld (`ld`: lambda_ld, tau, tau_squared)."""
+    `cached`: the targets read from a feature cache (# B, C_l, h_l, w_l each, any dtype; x
+    then arrives flipped like them) instead of the teacher's. With an interpreter, its logits
+    on the same teacher features are the soft labels of L_ld (`ld`: lambda_ld, tau,
+    tau_squared)."""
     x = x.to(device, non_blocking=True)
-    if cache is not None:
-        cached, flips = cache.lookup(indices, keys)
-        f = flips.to(device).view(-1, 1, 1, 1)
-        x = torch.where(f, x.flip(-1), x)
-    else:
+    if cached is None:
         (x,) = keyed_hflip(keys, x)  # horizontal flip: the only augmentation
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(device, precision):
-        if cache is not None:
-            targets = [t.to(device, non_blocking=True) for t in cached]
+        if cached is not None:  # fp16 on disk, widened on the device
+            targets = [t.to(device, non_blocking=True).float() for t in cached]
         else:
             # frozen teacher under inference mode; clone() makes its outputs normal tensors
             targets = [f.clone() for f in teacher(x, keys)]
@@ -122,7 +118,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
     start = restore(run, cfg.resume, student, opt)
     model = dist.wrap(student, env, device, cfg.sync_bn, cfg.compile)
 
-    sampler, loader = training_loader(data, cfg, env, device, start, total)
+    if cache is not None:  # the loader (its workers, on CUDA) reads the cached targets
+        items = CachedTargets(data, cache, cfg.seed)
+        sampler, loader = training_loader(items, cfg, env, device, start, total, step_keyed=True)
+    else:
+        sampler, loader = training_loader(data, cfg, env, device, start, total)
     if env.main:
         print(
             f"pretrain ({cfg.mode} distillation): {cfg.backbone} <- teacher {cfg.teacher} "
@@ -138,9 +138,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
     ld = {"lambda_ld": cfg.lambda_ld, "tau": cfg.tau, "tau_squared": cfg.tau_squared}
 
     def step_fn(step: int, batch) -> dict[str, torch.Tensor]:
-        idx, x = batch  # B, and B, 3, H, W: this rank's share of the global batch
+        # B; B, 3, H, W: this rank's share of the global batch (+ cached targets, if any)
+        idx, x, *cached = batch
         terms: dict[str, torch.Tensor] = {}
-        for m, (idx_m, x_m) in micro_batches(cfg.accum_steps, idx, x):
+        for m, (idx_m, x_m, *cached_m) in micro_batches(cfg.accum_steps, idx, x, *cached):
             keys = sample_keys(cfg.seed, step, idx_m)
             with dist.no_sync(model, sync=m == cfg.accum_steps - 1):
                 losses = distill_forward_backward(
@@ -153,8 +154,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                     cfg.precision,
                     channels_last,
                     scale=1 / cfg.accum_steps,
-                    cache=cache,
-                    indices=idx_m,
+                    cached=cached_m or None,
                     interpreter=interpreter,
                     ld=ld,
                 )

@@ -4,7 +4,9 @@
 Draw j of image i is encoded with the image flipped iff j is odd (so K >= 2 covers both
 orientations) and with t and noise keyed by (seed, i, j). During pretraining each sample
 picks one of its K draws from its (seed, step, index) key, and the student sees the image
-flipped the same way as that draw. Layout of a cache folder:
+flipped the same way as that draw. The reads happen in the DataLoader (`CachedTargets`; in
+its workers on CUDA): a batch arrives with its targets in fp16, pinned on CUDA, and they are
+widened to fp32 on the device. Layout of a cache folder:
 
     meta.json          N, K, levels (channels, h, w), image list, teacher, t, image size
     level{l}.npy       # N, K, C_l, h_l, w_l  float16 (np.load(..., mmap_mode="r"))
@@ -34,8 +36,14 @@ def build_cache(
     seed: int = 0,
     meta: dict | None = None,
     progress=None,
+    precision: str = "auto",
+    num_workers: int = 0,
 ) -> Path:
-    """Encode every image of `dataset` (an ImageFolder) `draws` times; returns the folder."""
+    """Encode every image of `dataset` (an ImageFolder) `draws` times; returns the folder.
+    `precision`: auto | fp32 | bf16, as in pretrain (auto = bf16 autocast on CUDA), so the
+    stored targets are the ones online encoding would give; `num_workers` decode images."""
+    from dreamteacher.engine.common import autocast
+
     out = Path(out)
     if (out / "meta.json").exists():
         raise UserError(f"{out} already holds a feature cache; choose another --out or delete it")
@@ -44,24 +52,34 @@ def build_cache(
     tmp.mkdir(parents=True)
     n = len(dataset)
     device = torch.device(device)
-    x0 = dataset[0].unsqueeze(0).to(device)
-    shapes = [tuple(f.shape[1:]) for f in teacher(x0, [0])]
-    arrays = [
-        np.lib.format.open_memmap(
-            tmp / f"level{lvl}.npy", mode="w+", dtype=np.float16, shape=(n, draws, *s)
-        )
-        for lvl, s in enumerate(shapes)
-    ]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
+    arrays: list[np.ndarray] = []
     t0 = time.time()
-    starts = range(0, n, batch_size)
-    for s in progress(starts) if progress else starts:
-        idx = list(range(s, min(n, s + batch_size)))
-        x = torch.stack([dataset[i] for i in idx]).to(device)  # B, 3, H, W
+    s = 0  # index of the batch's first image
+    for x in progress(loader) if progress else loader:
+        x = x.to(device, non_blocking=True)  # B, 3, H, W
+        idx = range(s, s + len(x))
         for j in range(draws):
             xj = x.flip(-1) if j % 2 else x
             keys = [mix(seed, 99991, i, j) for i in idx]
-            for lvl, f in enumerate(teacher(xj, keys)):
-                arrays[lvl][idx[0] : idx[-1] + 1, j] = f.float().cpu().numpy().astype(np.float16)
+            with autocast(device, precision):
+                feats = teacher(xj, keys)
+            if not arrays:  # the shapes come from the first batch
+                arrays = [
+                    np.lib.format.open_memmap(
+                        tmp / f"level{lvl}.npy",
+                        mode="w+",
+                        dtype=np.float16,
+                        shape=(n, draws, *f.shape[1:]),
+                    )
+                    for lvl, f in enumerate(feats)
+                ]
+            for lvl, f in enumerate(feats):
+                arrays[lvl][s : s + len(x), j] = f.to(torch.float16).cpu().numpy()
+        s += len(x)
+    shapes = [a.shape[2:] for a in arrays]
     for a in arrays:
         a.flush()
     info = {
@@ -80,8 +98,15 @@ def build_cache(
     return out
 
 
+def pick_draw(key: int, draws: int) -> int:
+    """The cached draw that the sample with this (seed, step, index) key reads; odd = flipped."""
+    return mix(key, 5) % draws
+
+
 class FeatureCache:
-    """Read side: `lookup(indices, keys)` -> (list of # B, C_l, h_l, w_l tensors, flips # B)."""
+    """Read side: `read(i, j)` -> draw j of image i, one # C_l, h_l, w_l float16 array per
+    level. The memory maps are opened lazily in each process and are not pickled, so a
+    DataLoader worker (forked or spawned) opens its own instead of copying the arrays."""
 
     def __init__(self, path: str | Path, dataset=None):
         self.path = Path(path)
@@ -93,11 +118,8 @@ class FeatureCache:
             )
         self.meta = json.loads(meta.read_text())
         self.draws = int(self.meta["draws"])
-        self.arrays = [
-            np.load(self.path / f"level{lvl}.npy", mmap_mode="r")
-            for lvl in range(len(self.meta["levels"]))
-        ]
         self.channels = [int(s[0]) for s in self.meta["levels"]]
+        self._arrays: list[np.ndarray] | None = None
         if dataset is not None:
             files = [str(p.relative_to(dataset.root)) for p in dataset.files]
             if files != self.meta["files"]:
@@ -106,9 +128,38 @@ class FeatureCache:
                     f"({len(self.meta['files'])} vs {len(files)} now); rebuild it"
                 )
 
-    def lookup(self, indices: torch.Tensor, keys: list[int]):
-        j = np.array([mix(k, 5) % self.draws for k in keys])
-        i = indices.numpy()
-        feats = [torch.from_numpy(np.ascontiguousarray(a[i, j])).float() for a in self.arrays]
-        flips = torch.from_numpy(j % 2 == 1)
-        return feats, flips
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        if self._arrays is None:
+            self._arrays = [
+                np.load(self.path / f"level{lvl}.npy", mmap_mode="r")
+                for lvl in range(len(self.meta["levels"]))
+            ]
+        return self._arrays
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_arrays": None}
+
+    def read(self, i: int, j: int) -> list[np.ndarray]:
+        return [np.array(a[i, j]) for a in self.arrays]  # copied out of the map
+
+
+class CachedTargets(torch.utils.data.Dataset):
+    """Training items with their cached targets, for `StepTagged` batch samplers: item
+    (step, i) -> (i, x, *targets), x # 3, H, W flipped like the draw it reads and targets
+    # C_l, h_l, w_l float16, the draw picked by the key mix(seed, step, i) that online
+    encoding would use for that sample."""
+
+    def __init__(self, dataset, cache: FeatureCache, seed: int):
+        self.dataset, self.cache, self.seed = dataset, cache, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        step, i = key
+        j = pick_draw(mix(self.seed, step, i), self.cache.draws)
+        x = self.dataset[i]  # 3, H, W
+        if j % 2:
+            x = x.flip(-1)
+        return (i, x, *(torch.from_numpy(a) for a in self.cache.read(i, j)))
