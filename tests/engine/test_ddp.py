@@ -55,10 +55,23 @@ def _params(run):
     return {k: v for k, v in sd.items() if "running_" not in k and "num_batches" not in k}
 
 
-@pytest.mark.parametrize("mode", ["feature", "mix"])
+@pytest.mark.parametrize("mode", ["feature", "mix", "cache"])
 def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path):
-    """mix: the student's logit head and the interpreter's soft labels under DDP too."""
+    """mix: the student's logit head and the interpreter's soft labels under DDP too.
+    cache: the targets read from a feature cache by a loader worker on each rank."""
     extra = []
+    if mode == "cache":
+        import dreamteacher as dt
+
+        cache = dt.api.cache_features(
+            data=str(scenes),
+            teacher=str(teacher_run),
+            out=str(tmp_path / "cache"),
+            splits=["train"],
+            draws=2,
+            device="cpu",
+        )
+        extra = [f"feature_cache={cache}", "num_workers=1"]
     if mode == "mix":
         import dreamteacher as dt
 

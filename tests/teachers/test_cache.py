@@ -1,5 +1,7 @@
 import json
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +145,58 @@ def test_cache_compile_teacher_reaches_the_teacher(scenes, tmp_path):
             device="cpu",
         )
     assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+
+
+def _synthetic_cache(path, n, draws, levels):
+    """A cache folder in the real layout, with random contents (no teacher needed)."""
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for lvl, s in enumerate(levels):
+        a = np.lib.format.open_memmap(
+            path / f"level{lvl}.npy", mode="w+", dtype=np.float16, shape=(n, draws, *s)
+        )
+        for i in range(n):
+            a[i] = rng.standard_normal((draws, *s), dtype=np.float32)
+        a.flush()
+        del a
+    meta = {"images": n, "draws": draws, "levels": [list(s) for s in levels], "files": []}
+    (path / "meta.json").write_text(json.dumps(meta))
+    return path
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_reading_the_whole_cache_keeps_rss_flat(tmp_path):
+    """24 MiB of cache read end to end: the reader's resident memory grows by less than half
+    of that (pages read through a memory map would all count as resident)."""
+    levels = [(64, 32, 32), (128, 16, 16)]  # 192 KiB per draw, 64 x 2 draws = 24 MiB
+    path = _synthetic_cache(tmp_path / "c", 64, 2, levels)
+    ref = [np.load(path / f"level{lvl}.npy") for lvl in range(2)]
+    cache = FeatureCache(path)
+    cache.read(0, 0)
+    before = _rss_kb()
+    for i in range(64):
+        for j in range(2):
+            got = cache.read(i, j)
+            if i % 9 == 0:  # the positioned reads return the right blocks
+                assert all(np.array_equal(g, r[i, j]) for g, r in zip(got, ref, strict=True))
+    grown = _rss_kb() - before  # (ref was loaded before `before`)
+    assert grown < 12 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_broken_cache_files_are_named(tmp_path):
+    path = _synthetic_cache(tmp_path / "c", 4, 2, [(8, 4, 4)])
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps(meta | {"draws": 3}))
+    with pytest.raises(UserError, match=r"level0.npy holds float16 \(4, 2, 8, 4, 4\).*rebuild"):
+        FeatureCache(path)
+    (path / "meta.json").write_text(json.dumps(meta))
+    (path / "level0.npy").write_bytes(b"not an array")
+    with pytest.raises(UserError, match="level0.npy cannot be read.*rebuild"):
+        FeatureCache(path)

@@ -1,5 +1,6 @@
 """Teacher-feature cache: K stochastic encodings per image written once (fp16, memory-mapped
-.npy per level), read back during pretraining instead of running the teacher.
+.npy per level), read back during pretraining instead of running the teacher (one positioned
+read per level and sample, so the reading process's RSS stays flat).
 
 Draw j of image i is encoded with the image flipped iff j is odd (so K >= 2 covers both
 orientations) and with t and noise keyed by (seed, i, j). During pretraining each sample
@@ -105,8 +106,11 @@ def pick_draw(key: int, draws: int) -> int:
 
 class FeatureCache:
     """Read side: `read(i, j)` -> draw j of image i, one # C_l, h_l, w_l float16 array per
-    level. The memory maps are opened lazily in each process and are not pickled, so a
-    DataLoader worker (forked or spawned) opens its own instead of copying the arrays."""
+    level. Each draw is one contiguous block of each level file, read with a positioned read
+    into a fresh array: unlike reading through a memory map, the pages read are not mapped
+    into the process, so its RSS does not grow with the part of the cache it has read (the
+    OS page cache still keeps what fits). Files are opened lazily in each process and are
+    not pickled, so a DataLoader worker (forked or spawned) opens its own."""
 
     def __init__(self, path: str | Path, dataset=None):
         self.path = Path(path)
@@ -118,8 +122,13 @@ class FeatureCache:
             )
         self.meta = json.loads(meta.read_text())
         self.draws = int(self.meta["draws"])
-        self.channels = [int(s[0]) for s in self.meta["levels"]]
-        self._arrays: list[np.ndarray] | None = None
+        self.levels = [tuple(int(d) for d in s) for s in self.meta["levels"]]
+        self.channels = [s[0] for s in self.levels]
+        n = int(self.meta["images"])
+        self.offsets = [
+            _data_offset(self._level(lvl), (n, self.draws, *s)) for lvl, s in enumerate(self.levels)
+        ]
+        self._files: list | None = None
         if dataset is not None:
             files = [str(p.relative_to(dataset.root)) for p in dataset.files]
             if files != self.meta["files"]:
@@ -128,20 +137,38 @@ class FeatureCache:
                     f"({len(self.meta['files'])} vs {len(files)} now); rebuild it"
                 )
 
-    @property
-    def arrays(self) -> list[np.ndarray]:
-        if self._arrays is None:
-            self._arrays = [
-                np.load(self.path / f"level{lvl}.npy", mmap_mode="r")
-                for lvl in range(len(self.meta["levels"]))
-            ]
-        return self._arrays
+    def _level(self, lvl: int) -> Path:
+        return self.path / f"level{lvl}.npy"
 
     def __getstate__(self) -> dict:
-        return self.__dict__ | {"_arrays": None}
+        return self.__dict__ | {"_files": None}
 
     def read(self, i: int, j: int) -> list[np.ndarray]:
-        return [np.array(a[i, j]) for a in self.arrays]  # copied out of the map
+        if self._files is None:
+            self._files = [open(self._level(lvl), "rb") for lvl in range(len(self.levels))]  # noqa: SIM115
+        out = []
+        for f, start, shape in zip(self._files, self.offsets, self.levels, strict=True):
+            a = np.empty(shape, np.float16)
+            f.seek(start + (i * self.draws + j) * a.nbytes)
+            if f.readinto(a) != a.nbytes:
+                raise UserError(f"feature cache {self.path} is truncated; rebuild it")
+            out.append(a)
+        return out
+
+
+def _data_offset(npy: Path, shape: tuple[int, ...]) -> int:
+    """Where the array data of a level file starts (after its .npy header), checking that it
+    holds float16 draws of this shape (N, K, C, h, w)."""
+    try:
+        m = np.load(npy, mmap_mode="r")  # reads the header only
+    except (OSError, ValueError) as e:
+        raise UserError(f"{npy} cannot be read ({e}); rebuild the feature cache") from None
+    if m.dtype != np.float16 or m.shape != shape or not m.flags.c_contiguous:
+        raise UserError(
+            f"{npy} holds {m.dtype} {m.shape}, meta.json says float16 {shape}; rebuild the "
+            "feature cache"
+        )
+    return int(m.offset)
 
 
 class CachedTargets(torch.utils.data.Dataset):
