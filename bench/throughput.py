@@ -160,8 +160,9 @@ def run(
 
         step_no = [0]
 
-        def full_step(model=student, teacher=teacher):
-            idx, x = next(batches[0])
+        def full_step(model=student, teacher=teacher, source=0):
+            """source 0: the image loader; 1: the loader with cached targets (below)."""
+            idx, x, *cached = next(batches[source])
             opt.zero_grad(set_to_none=True)
             distill_forward_backward(
                 model,
@@ -170,6 +171,7 @@ def run(
                 sample_keys(0, step_no[0], idx),
                 device,
                 channels_last=channels_last,
+                cached=cached or None,
             )
             opt.step()
             step_no[0] += 1
@@ -225,19 +227,7 @@ def run(
             [c.to(device, non_blocking=True).float() for c in cached]
 
         def cached_step():
-            idx, x, *cached = next(batches[1])
-            opt.zero_grad(set_to_none=True)
-            distill_forward_backward(
-                student,
-                None,
-                x,
-                sample_keys(0, step_no[0], idx),
-                device,
-                channels_last=channels_last,
-                cached=cached,
-            )
-            opt.step()
-            step_no[0] += 1
+            full_step(student, None, source=1)
 
         try:
             t = time.perf_counter()
