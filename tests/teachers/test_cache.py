@@ -70,7 +70,7 @@ def test_cache_is_not_copied_into_worker_pickles(cache_dir, scenes):
     pickle its whole contents)."""
     data = unlabeled_images(scenes, [32, 32], ["train"])
     cache = FeatureCache(cache_dir, data)
-    cache.read(0, 0)  # the maps are open in this process
+    cache.read(0, 0)  # the level files are open in this process
     blob = pickle.dumps(cache)
     assert len(blob) < 8_000, len(blob)
     again = pickle.loads(blob)
@@ -84,6 +84,11 @@ def test_cache_build_with_workers_and_bf16(cache_dir, scenes, teacher_run, tmp_p
     kw |= dict(batch_size=5, device="cpu")
     workers = dt.api.cache_features(out=str(tmp_path / "w"), num_workers=2, **kw)
     bf16 = dt.api.cache_features(out=str(tmp_path / "b"), precision="bf16", **kw)
+    meta = [json.loads((c / "meta.json").read_text())["precision"] for c in (workers, bf16)]
+    assert meta == ["fp32", "bf16"]  # auto on a CPU is fp32
+    with pytest.raises(UserError, match="precision must be auto, fp32 or bf16"):
+        dt.api.cache_features(out=str(tmp_path / "f"), precision="fp16", **kw)
+    assert not (tmp_path / "f").exists() and not (tmp_path / "f.partial").exists()
     for lvl in range(4):
         ref = np.load(cache_dir / f"level{lvl}.npy").astype(np.float32)
         assert np.array_equal(np.load(workers / f"level{lvl}.npy").astype(np.float32), ref)
@@ -127,6 +132,25 @@ def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):
             feature_cache=str(cache_dir),
             device="cpu",
         )
+
+
+def test_pretrain_notes_a_cache_of_another_precision(
+    cache_dir, scenes, teacher_run, tmp_path, capsys
+):
+    """A cache encoded in bf16 (as on a GPU; here the fp32 one relabelled) read by an fp32
+    run: pretrain says so. The cache's own precision: no note."""
+    import shutil
+
+    gpu_built = tmp_path / "bf16cache"
+    shutil.copytree(cache_dir, gpu_built)
+    meta = json.loads((gpu_built / "meta.json").read_text())
+    (gpu_built / "meta.json").write_text(json.dumps(meta | {"precision": "bf16"}))
+    common = dict(data=str(scenes), teacher=str(teacher_run), splits=["train"])
+    common |= dict(backbone="resnet18", max_steps=1, batch_size=4, device="cpu")
+    dt.pretrain(out=str(tmp_path / "a"), feature_cache=str(gpu_built), **common)
+    assert "was encoded in bf16, this run computes in fp32" in capsys.readouterr().out
+    dt.pretrain(out=str(tmp_path / "b"), feature_cache=str(cache_dir), **common)
+    assert "was encoded in" not in capsys.readouterr().out
 
 
 def test_cache_compile_teacher_reaches_the_teacher(scenes, tmp_path):
@@ -200,3 +224,29 @@ def test_broken_cache_files_are_named(tmp_path):
     (path / "level0.npy").write_bytes(b"not an array")
     with pytest.raises(UserError, match="level0.npy cannot be read.*rebuild"):
         FeatureCache(path)
+
+
+def _read_in_child(cache, i, j, q):
+    q.put([a.sum(dtype=np.float64) for a in cache.read(i, j)])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork")
+def test_a_forked_reader_opens_its_own_files(tmp_path):
+    """A DataLoader worker forked after the parent has read gets its own file offsets: a
+    shared offset would let concurrent reads land on each other's blocks."""
+    import multiprocessing as mp
+
+    path = _synthetic_cache(tmp_path / "c", 8, 2, [(8, 16, 16)])
+    cache = FeatureCache(path)
+    cache.read(0, 0)
+    parent_file = cache._files[0]
+    at = parent_file.tell()
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(cache, 7, 1, q))
+    child.start()
+    sums = q.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert parent_file.tell() == at  # the child's reads did not move the parent's offset
+    assert sums == [a.sum(dtype=np.float64) for a in cache.read(7, 1)]

@@ -319,11 +319,17 @@ def track(iterable, desc: str = ""):
     )
 
 
-def autocast(device: torch.device, precision: str = "auto"):
-    """bf16 autocast on CUDA by default; fp32 on CPU unless precision='bf16'."""
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """'bf16' or 'fp32': auto is bf16 on CUDA, fp32 elsewhere."""
     if precision not in ("auto", "fp32", "bf16"):
         raise UserError(f"precision must be auto, fp32 or bf16, got '{precision}'")
-    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return "bf16" if bf16 else "fp32"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA by default; fp32 on CPU unless precision='bf16'."""
+    use = resolve_precision(device, precision) == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
 
 

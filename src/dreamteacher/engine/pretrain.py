@@ -18,6 +18,7 @@ from dreamteacher.engine.common import (
     epoch_schedule,
     micro_batches,
     param_groups,
+    resolve_precision,
     resolve_teacher,
     restore,
     seed_everything,
@@ -92,6 +93,10 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 f"the teacher {teacher.channels}; rebuild the cache"
             )
         teacher = teacher.cpu()  # not run: the cache supplies its features
+        built, now = cache.meta.get("precision"), resolve_precision(device, cfg.precision)
+        if built and built != now and env.main:
+            print(f"note: feature cache {cfg.feature_cache} was encoded in {built}, this run "
+                  f"computes in {now}; the targets stay as encoded")  # fmt: skip
     elif cfg.compile_teacher:
         teacher.compile_features()
     seed_everything(cfg.seed)  # same init on every rank

@@ -1,6 +1,6 @@
-"""Teacher-feature cache: K stochastic encodings per image written once (fp16, memory-mapped
-.npy per level), read back during pretraining instead of running the teacher (one positioned
-read per level and sample, so the reading process's RSS stays flat).
+"""Teacher-feature cache: K stochastic encodings per image written once (fp16, one .npy per
+level, written through a memory map), read back during pretraining instead of running the
+teacher (one positioned read per level and sample, so the reading process's RSS stays flat).
 
 Draw j of image i is encoded with the image flipped iff j is odd (so K >= 2 covers both
 orientations) and with t and noise keyed by (seed, i, j). During pretraining each sample
@@ -16,6 +16,7 @@ widened to fp32 on the device. Layout of a cache folder:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -42,9 +43,12 @@ def build_cache(
 ) -> Path:
     """Encode every image of `dataset` (an ImageFolder) `draws` times; returns the folder.
     `precision`: auto | fp32 | bf16, as in pretrain (auto = bf16 autocast on CUDA), so the
-    stored targets are the ones online encoding would give; `num_workers` decode images."""
-    from dreamteacher.engine.common import autocast
+    stored targets are the ones online encoding on that device would give (meta.json
+    records which); `num_workers` decode images."""
+    from dreamteacher.engine.common import autocast, resolve_precision
 
+    device = torch.device(device)
+    precision = resolve_precision(device, precision)  # checked before anything is written
     out = Path(out)
     if (out / "meta.json").exists():
         raise UserError(f"{out} already holds a feature cache; choose another --out or delete it")
@@ -52,7 +56,6 @@ def build_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = len(dataset)
-    device = torch.device(device)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
@@ -87,6 +90,7 @@ def build_cache(
         "images": n,
         "draws": draws,
         "seed": seed,
+        "precision": precision,
         "build_s": time.time() - t0,
         "levels": [list(s) for s in shapes],
         "bytes_per_image": int(sum(np.prod(s) for s in shapes) * draws * 2),
@@ -110,7 +114,8 @@ class FeatureCache:
     into a fresh array: unlike reading through a memory map, the pages read are not mapped
     into the process, so its RSS does not grow with the part of the cache it has read (the
     OS page cache still keeps what fits). Files are opened lazily in each process and are
-    not pickled, so a DataLoader worker (forked or spawned) opens its own."""
+    not pickled, so a DataLoader worker (forked or spawned) opens its own: a file inherited
+    through fork would share its read offset with the parent."""
 
     def __init__(self, path: str | Path, dataset=None):
         self.path = Path(path)
@@ -128,7 +133,8 @@ class FeatureCache:
         self.offsets = [
             _data_offset(self._level(lvl), (n, self.draws, *s)) for lvl, s in enumerate(self.levels)
         ]
-        self._files: list | None = None
+        self._files: list | None = None  # opened by the process that reads (self._pid)
+        self._pid = os.getpid()
         if dataset is not None:
             files = [str(p.relative_to(dataset.root)) for p in dataset.files]
             if files != self.meta["files"]:
@@ -144,7 +150,8 @@ class FeatureCache:
         return self.__dict__ | {"_files": None}
 
     def read(self, i: int, j: int) -> list[np.ndarray]:
-        if self._files is None:
+        if self._files is None or self._pid != os.getpid():  # a forked worker: own offsets
+            self._pid = os.getpid()
             self._files = [open(self._level(lvl), "rb") for lvl in range(len(self.levels))]  # noqa: SIM115
         out = []
         for f, start, shape in zip(self._files, self.offsets, self.levels, strict=True):
