@@ -87,6 +87,26 @@ def test_throughput_keeps_other_figures_when_the_cache_part_fails(monkeypatch):
     assert "feature cache part failed" in throughput.format_result(r)
 
 
+def test_cache_read_bench(tmp_path):
+    """The cache-read bench at small sizes: its sizes follow from the levels, its rates from
+    its timings, and reading its 25 MB cache end to end leaves the reader's RSS flat."""
+    out = tmp_path / "c.json"
+    p = _run("cache_read.py", "--images", 64, "--levels", "64x32x32", "128x16x16", "--batch", 8,
+             "--workers", 0, 1, "--rounds", 3, "--dir", tmp_path, "--out", out)  # fmt: skip
+    r = json.loads(out.read_text())
+    per_draw = (64 * 32 * 32 + 128 * 16 * 16) * 2  # bytes of fp16
+    assert abs(r["cache_mb"] - 64 * 2 * per_draw / 1e6) < 1e-9
+    assert abs(r["batch_mb"] - 8 * per_draw / 1e6) < 1e-9
+    assert set(r["seconds_per_batch"]) == {"0", "1"}
+    for k, v in r["seconds_per_batch"].items():
+        assert v > 0 and abs(r["batch_mb_per_s"][k] - r["batch_mb"] / v) < 1e-6
+    if sys.platform.startswith("linux"):
+        grown = r["rss_mb"]["after"] - r["rss_mb"]["before"]
+        assert grown < 0.5 * r["cache_mb"], grown
+    assert "RSS reading the whole cache" in p.stdout
+    assert not list(tmp_path.glob("tmp*"))  # the temporary cache is removed
+
+
 def test_memory_does_not_grow_with_dataset(tmp_path):
     out = tmp_path / "m.json"
     _run("memory.py", "--sizes", 40, 400, "--steps", 3, "--out", out)

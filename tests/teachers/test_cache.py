@@ -12,7 +12,7 @@ from dreamteacher.data import unlabeled_images
 from dreamteacher.engine.randomness import mix
 from dreamteacher.errors import UserError
 from dreamteacher.teachers import load_teacher
-from dreamteacher.teachers.cache import CachedTargets, FeatureCache
+from dreamteacher.teachers.cache import CachedTargets, FeatureCache, random_cache
 
 
 @pytest.fixture(scope="module")
@@ -171,23 +171,6 @@ def test_cache_compile_teacher_reaches_the_teacher(scenes, tmp_path):
     assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
 
 
-def _synthetic_cache(path, n, draws, levels):
-    """A cache folder in the real layout, with random contents (no teacher needed)."""
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for lvl, s in enumerate(levels):
-        a = np.lib.format.open_memmap(
-            path / f"level{lvl}.npy", mode="w+", dtype=np.float16, shape=(n, draws, *s)
-        )
-        for i in range(n):
-            a[i] = rng.standard_normal((draws, *s), dtype=np.float32)
-        a.flush()
-        del a
-    meta = {"images": n, "draws": draws, "levels": [list(s) for s in levels], "files": []}
-    (path / "meta.json").write_text(json.dumps(meta))
-    return path
-
-
 def _rss_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -200,7 +183,7 @@ def test_reading_the_whole_cache_keeps_rss_flat(tmp_path):
     """24 MiB of cache read end to end: the reader's resident memory grows by less than half
     of that (pages read through a memory map would all count as resident)."""
     levels = [(64, 32, 32), (128, 16, 16)]  # 192 KiB per draw, 64 x 2 draws = 24 MiB
-    path = _synthetic_cache(tmp_path / "c", 64, 2, levels)
+    path = random_cache(tmp_path / "c", 64, 2, levels)
     ref = [np.load(path / f"level{lvl}.npy") for lvl in range(2)]
     cache = FeatureCache(path)
     cache.read(0, 0)
@@ -215,7 +198,7 @@ def test_reading_the_whole_cache_keeps_rss_flat(tmp_path):
 
 
 def test_broken_cache_files_are_named(tmp_path):
-    path = _synthetic_cache(tmp_path / "c", 4, 2, [(8, 4, 4)])
+    path = random_cache(tmp_path / "c", 4, 2, [(8, 4, 4)])
     meta = json.loads((path / "meta.json").read_text())
     (path / "meta.json").write_text(json.dumps(meta | {"draws": 3}))
     with pytest.raises(UserError, match=r"level0.npy holds float16 \(4, 2, 8, 4, 4\).*rebuild"):
@@ -236,7 +219,7 @@ def test_a_forked_reader_opens_its_own_files(tmp_path):
     shared offset would let concurrent reads land on each other's blocks."""
     import multiprocessing as mp
 
-    path = _synthetic_cache(tmp_path / "c", 8, 2, [(8, 16, 16)])
+    path = random_cache(tmp_path / "c", 8, 2, [(8, 16, 16)])
     cache = FeatureCache(path)
     cache.read(0, 0)
     parent_file = cache._files[0]

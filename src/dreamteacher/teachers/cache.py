@@ -103,6 +103,33 @@ def build_cache(
     return out
 
 
+def random_cache(
+    out: str | Path, images: int, draws: int, levels: list[tuple[int, int, int]], seed: int = 0
+) -> Path:
+    """A cache folder in the real layout holding random values (no teacher, no images; its
+    file list is empty): for benchmarks and tests of the read side."""
+    out = Path(out)
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for lvl, s in enumerate(levels):
+        a = np.lib.format.open_memmap(
+            out / f"level{lvl}.npy", mode="w+", dtype=np.float16, shape=(images, draws, *s)
+        )
+        for i in range(images):
+            a[i] = rng.standard_normal((draws, *s), dtype=np.float32)
+        a.flush()
+        del a
+    meta = {
+        "images": images,
+        "draws": draws,
+        "levels": [list(s) for s in levels],
+        "bytes_per_image": int(sum(np.prod(s) for s in levels) * draws * 2),
+        "files": [],
+    }
+    (out / "meta.json").write_text(json.dumps(meta))
+    return out
+
+
 def pick_draw(key: int, draws: int) -> int:
     """The cached draw that the sample with this (seed, step, index) key reads; odd = flipped."""
     return mix(key, 5) % draws
