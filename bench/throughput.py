@@ -224,7 +224,8 @@ def run(
         def cached_data():
             idx, x, *cached = next(batches[1])
             x.to(device, non_blocking=True)
-            [c.to(device, non_blocking=True).float() for c in cached]
+            for c in cached:
+                c.to(device, non_blocking=True).float()
 
         def cached_step():
             full_step(student, None, source=1)

@@ -135,7 +135,8 @@ def evaluate(
         logits = model(x.to(device, non_blocking=cuda))  # B, K, h, w
         logits = F.interpolate(logits.float(), y.shape[-2:], mode="bilinear", align_corners=False)
         y = y.to(device, non_blocking=cuda)  # B, H, W at the masks' full resolution
-        cm += confusion_matrix(logits.argmax(1), y, num_classes, ignore_index)  # on the CPU
+        # counted on the device, summed into cm on the CPU
+        cm += confusion_matrix(logits.argmax(1), y, num_classes, ignore_index)
     return cm
 
 
