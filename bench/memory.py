@@ -1,11 +1,14 @@
 """Peak RSS (and GPU memory) of `pretrain` against the dataset's size (must not grow with it).
 
-    python bench/memory.py [--sizes 1000 10000] [--steps 20] [--device cpu|cuda] [--out FILE]
+    python bench/memory.py [--sizes 1000 10000] [--steps 20] [--device cpu|cuda]
+                           [--feature-cache K] [--out FILE]
 
 For each size: generate that many 32x32 scenes, run `dreamteacher pretrain` for a fixed
 number of steps in a fresh process (random-init tiny teacher, resnet18), and read that
 process's own peak RSS (getrusage) at exit; on CUDA also torch's peak allocated and reserved
-GPU memory.
+GPU memory. With `--feature-cache K`, `dreamteacher cache-features draws=K` first encodes
+every image K times in a fresh process of its own (its peak RSS, time and the cache's size
+are reported too), and pretrain reads its targets from that cache.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 CHILD = """
 import resource, sys
@@ -43,12 +47,38 @@ def make_teacher(out: Path, size: int) -> Path:
     return out
 
 
-def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int, device: str = "cpu") -> dict:
+def run_child(args: list[str]) -> dict[str, list[str]]:
+    """Run the CLI with `args` in a fresh process; its PEAK_* lines."""
+    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    return {x.split()[0]: x.split()[1:] for x in p.stdout.splitlines() if x.startswith("PEAK_")}
+
+
+def measure(
+    n: int, steps: int, tmp: Path, teacher: Path, size: int, device: str = "cpu", draws: int = 0
+) -> dict:
     from dreamteacher.data.synthetic import make_scenes
 
     t = time.time()
     data = make_scenes(tmp / f"data_{n}", n=n, image_size=(size, size), seed=0)
     gen = time.time() - t
+    row: dict = {"images": n, "steps": steps, "device": device, "generate_s": gen}
+    extra = []
+    if draws:
+        cache = tmp / f"cache_{n}"
+        t = time.time()
+        peaks = run_child(
+            ["cache-features", "--data", str(data / "images"), "--teacher", str(teacher)]
+            + ["--out", str(cache), "--device", device, f"draws={draws}"]
+        )
+        row |= {
+            "cache_draws": draws,
+            "cache_peak_rss_mb": int(peaks["PEAK_RSS_KB"][0]) / 1024,
+            "cache_s": time.time() - t,
+            "cache_mb": sum(f.stat().st_size for f in cache.iterdir()) / 1e6,
+        }
+        extra = [f"feature_cache={cache}"]
     args = [
         "pretrain",
         "--data",
@@ -66,20 +96,13 @@ def measure(n: int, steps: int, tmp: Path, teacher: Path, size: int, device: str
         f"max_steps={steps}",
         "epochs=1000",
         "warmup_epochs=0",
+        *extra,
     ]
     t = time.time()
-    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
-    if p.returncode != 0:
-        raise RuntimeError(p.stderr[-2000:])
-    lines = {x.split()[0]: x.split()[1:] for x in p.stdout.splitlines() if x.startswith("PEAK_")}
-    row = {
-        "images": n,
-        "steps": steps,
-        "device": device,
-        "peak_rss_mb": int(lines["PEAK_RSS_KB"][0]) / 1024,
-        "run_s": time.time() - t,
-        "generate_s": gen,
-    }
+    lines = run_child(args)
+    row |= {"peak_rss_mb": int(lines["PEAK_RSS_KB"][0]) / 1024, "run_s": time.time() - t}
+    saved = yaml.safe_load((tmp / f"run_{n}" / "config.yaml").read_text())
+    row["feature_cache_read"] = bool(saved.get("feature_cache"))  # as the run resolved it
     if "PEAK_GPU_BYTES" in lines:
         alloc, reserved = (int(v) / 2**20 for v in lines["PEAK_GPU_BYTES"])
         row |= {"peak_gpu_allocated_mb": alloc, "peak_gpu_reserved_mb": reserved}
@@ -94,13 +117,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--device", default="cpu", help="cpu | cuda (also reports GPU memory)")
+    ap.add_argument(
+        "--feature-cache",
+        type=int,
+        default=0,
+        metavar="K",
+        help="build a cache of K encodings per image first and pretrain from it (0: online)",
+    )
     ap.add_argument("--out", default="bench/results/memory.json")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         teacher = make_teacher(tmp / "teacher", args.image_size)
         rows = [
-            measure(n, args.steps, tmp, teacher, args.image_size, args.device) for n in args.sizes
+            measure(n, args.steps, tmp, teacher, args.image_size, args.device, args.feature_cache)
+            for n in args.sizes
         ]
     for r in rows:
         gpu = ""
@@ -109,8 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                 f", GPU peak {r['peak_gpu_allocated_mb']:.1f} MB allocated "
                 f"({r['peak_gpu_reserved_mb']:.1f} MB reserved)"
             )
+        if "cache_draws" in r:
+            print(
+                f"{r['images']:>7} images: cache-features draws={r['cache_draws']}: peak RSS "
+                f"{r['cache_peak_rss_mb']:7.1f} MB ({r['cache_mb']:.1f} MB written in "
+                f"{r['cache_s']:.1f} s)"
+            )
+        mode = " from the cache" if "cache_draws" in r else ""
         print(
-            f"{r['images']:>7} images: peak RSS {r['peak_rss_mb']:7.1f} MB{gpu} "
+            f"{r['images']:>7} images: pretrain{mode}: peak RSS {r['peak_rss_mb']:7.1f} MB{gpu} "
             f"({r['steps']} steps in {r['run_s']:.1f} s on {r['device']})"
         )
     out = Path(args.out)

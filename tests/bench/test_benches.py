@@ -115,6 +115,22 @@ def test_memory_does_not_grow_with_dataset(tmp_path):
     assert small["device"] == "cpu" and "peak_gpu_allocated_mb" not in small
     assert 100 < small["peak_rss_mb"] < 8000
     assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
+    assert not small["feature_cache_read"] and "cache_peak_rss_mb" not in small
+
+
+def test_memory_with_a_feature_cache(tmp_path):
+    """--feature-cache K: cache-features runs first (its own peak RSS, time, bytes written)
+    and pretrain reads its targets from that cache."""
+    out = tmp_path / "m.json"
+    _run("memory.py", "--sizes", 40, 400, "--steps", 3, "--feature-cache", 2, "--out", out)
+    small, large = json.loads(out.read_text())
+    for r in (small, large):
+        assert r["cache_draws"] == 2 and r["feature_cache_read"] and r["cache_s"] > 0
+        assert 100 < r["cache_peak_rss_mb"] < 8000
+    # 2 encodings of 4 levels per image, plus the same .npy headers and meta.json
+    assert 9.5 < large["cache_mb"] / small["cache_mb"] < 10.05
+    assert large["cache_peak_rss_mb"] < 1.25 * small["cache_peak_rss_mb"]
+    assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
 
 
 def _gpu_sh(out, timeout, **env):

@@ -1,6 +1,8 @@
 """Teacher-feature cache: K stochastic encodings per image written once (fp16, one .npy per
-level, written through a memory map), read back during pretraining instead of running the
-teacher (one positioned read per level and sample, so the reading process's RSS stays flat).
+level), read back during pretraining instead of running the teacher. Both sides use plain
+file reads and writes, not memory maps, so neither process's RSS grows with the cache: pages
+of a memory map stay counted in the RSS of the process that touched them (the OS page cache
+still keeps what fits).
 
 Draw j of image i is encoded with the image flipped iff j is odd (so K >= 2 covers both
 orientations) and with t and noise keyed by (seed, i, j). During pretraining each sample
@@ -15,6 +17,7 @@ widened to fp32 on the device. Layout of a cache folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,41 +62,43 @@ def build_cache(
     loader = torch.utils.data.DataLoader(
         dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
-    arrays: list[np.ndarray] = []
+    files: list = []  # one open level file each, written in order, batch after batch
+    blocks: list[np.ndarray] = []  # B, K, C_l, h_l, w_l float16: one batch's draws
+    shapes: list[tuple[int, ...]] = []
     t0 = time.time()
     s = 0  # index of the batch's first image
-    for x in progress(loader) if progress else loader:
-        x = x.to(device, non_blocking=True)  # B, 3, H, W
-        idx = range(s, s + len(x))
-        for j in range(draws):
-            xj = x.flip(-1) if j % 2 else x
-            keys = [mix(seed, 99991, i, j) for i in idx]
-            with autocast(device, precision):
-                feats = teacher(xj, keys)
-            if not arrays:  # the shapes come from the first batch
-                arrays = [
-                    np.lib.format.open_memmap(
-                        tmp / f"level{lvl}.npy",
-                        mode="w+",
-                        dtype=np.float16,
-                        shape=(n, draws, *f.shape[1:]),
-                    )
-                    for lvl, f in enumerate(feats)
-                ]
-            for lvl, f in enumerate(feats):
-                arrays[lvl][s : s + len(x), j] = f.to(torch.float16).cpu().numpy()
-        s += len(x)
-    shapes = [a.shape[2:] for a in arrays]
-    for a in arrays:
-        a.flush()
+    with contextlib.ExitStack() as opened:
+        for x in progress(loader) if progress else loader:
+            x = x.to(device, non_blocking=True)  # B, 3, H, W
+            idx = range(s, s + len(x))
+            for j in range(draws):
+                xj = x.flip(-1) if j % 2 else x
+                keys = [mix(seed, 99991, i, j) for i in idx]
+                with autocast(device, precision):
+                    feats = teacher(xj, keys)
+                if not files:  # the shapes come from the first batch
+                    shapes = [tuple(f.shape[1:]) for f in feats]
+                    files = [
+                        opened.enter_context(_open_level(tmp / f"level{lvl}.npy", (n, draws, *c)))
+                        for lvl, c in enumerate(shapes)
+                    ]
+                    blocks = [np.empty((len(x), draws, *c), np.float16) for c in shapes]
+                for b, f in zip(blocks, feats, strict=True):
+                    b[: len(x), j] = f.to(torch.float16).cpu().numpy()
+            for fh, b in zip(files, blocks, strict=True):
+                fh.write(b[: len(x)].data)  # images s .. s+B-1: the next block of the file
+            s += len(x)
+        for fh in files:
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before meta.json marks the cache complete
     info = {
         "images": n,
         "draws": draws,
         "seed": seed,
         "precision": precision,
         "build_s": time.time() - t0,
-        "levels": [list(s) for s in shapes],
-        "bytes_per_image": int(sum(np.prod(s) for s in shapes) * draws * 2),
+        "levels": [list(c) for c in shapes],
+        "bytes_per_image": int(sum(np.prod(c) for c in shapes) * draws * 2),
         "files": [str(p.relative_to(dataset.root)) for p in dataset.files],
         **(meta or {}),
     }
@@ -112,13 +117,9 @@ def random_cache(
     out.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for lvl, s in enumerate(levels):
-        a = np.lib.format.open_memmap(
-            out / f"level{lvl}.npy", mode="w+", dtype=np.float16, shape=(images, draws, *s)
-        )
-        for i in range(images):
-            a[i] = rng.standard_normal((draws, *s), dtype=np.float32)
-        a.flush()
-        del a
+        with _open_level(out / f"level{lvl}.npy", (images, draws, *s)) as f:
+            for _ in range(images):
+                f.write(rng.standard_normal((draws, *s), dtype=np.float32).astype(np.float16).data)
     meta = {
         "images": images,
         "draws": draws,
@@ -128,6 +129,15 @@ def random_cache(
     }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
+
+
+def _open_level(path: Path, shape: tuple[int, ...]):
+    """A new level file holding the .npy header of a float16 array of `shape`, open for the
+    array's bytes to be appended in C order."""
+    f = open(path, "wb")  # noqa: SIM115 (closed by the caller)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16))}
+    np.lib.format.write_array_header_1_0(f, header | {"fortran_order": False, "shape": shape})
+    return f
 
 
 def pick_draw(key: int, draws: int) -> int:
