@@ -161,6 +161,8 @@ class CacheConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, as pretrain encodes online) | fp32 | bf16
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
     num_workers: int = -1  # image decoding workers; -1 = auto (0 on CPU, up to 8 per GPU)
+    save_every: int = 50  # batches between progress records (what --resume continues from)
+    resume: bool = False  # continue an interrupted build in OUT.partial
     strict: bool = False
 
 

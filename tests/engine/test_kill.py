@@ -1,6 +1,7 @@
 """A real `kill -9` at a random step, then --resume: the final weights equal those of an
 uninterrupted run, bit for bit (CPU)."""
 
+import json
 import os
 import random
 import signal
@@ -124,3 +125,60 @@ def test_kill_9_then_resume_is_bit_exact(kind, scenes, teacher_run, tmp_path):
     assert not diff, f"killed at step >= {kill_at}: {len(diff)} tensors differ, e.g. {diff[:3]}"
     assert len(list((out / "checkpoints").glob("step_*.pt"))) == 2  # keep_checkpoints
     assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_kill_9_during_cache_features_then_resume_is_byte_exact(scenes, teacher_run, tmp_path):
+    """cache-features killed after a random progress record resumes with --resume to level
+    files and a meta.json identical to an uninterrupted build's (build time aside)."""
+
+    def cmd(out):
+        return [
+            "cache-features",
+            "--data",
+            scenes,
+            "--teacher",
+            teacher_run,
+            "--out",
+            out,
+            "--image-size",
+            "128",  # slow enough on CPU to be killed mid-way: 12 batches of 2
+            "--batch-size",
+            "2",
+            "--save-every",
+            "1",
+            "--device",
+            "cpu",
+            "splits=[train,test]",
+            "draws=2",
+        ]
+
+    ref = _run(cmd(tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    out, kill_at = tmp_path / "c", 2 * random.Random().randint(2, 8)  # images done, of 24
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dreamteacher", *map(str, cmd(out))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    record, deadline = tmp_path / "c.partial" / "progress.json", time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if json.loads(record.read_text())["done"] >= kill_at:
+                break
+        except (FileNotFoundError, ValueError):
+            pass
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the build ended before image {kill_at}"
+    assert not out.exists()
+
+    res = _run([*cmd(out), "--resume"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "resumed" in res.stdout
+    for lvl in range(4):
+        a, b = ((d / f"level{lvl}.npy").read_bytes() for d in (tmp_path / "ref", out))
+        assert a == b, f"killed after image {kill_at}: level {lvl} differs"
+    meta = [json.loads((d / "meta.json").read_text()) for d in (tmp_path / "ref", out)]
+    assert [m.pop("build_s") > 0 for m in meta] == [True, True] and meta[0] == meta[1]
+    assert not (tmp_path / "c.partial").exists()

@@ -97,6 +97,68 @@ def test_cache_build_with_workers_and_bf16(cache_dir, scenes, teacher_run, tmp_p
         assert 0 < err < 0.1, (lvl, err)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def _stop_after(batches: int):
+    """As `progress`: the build is interrupted when it asks for batch `batches` + 1."""
+
+    def progress(loader):
+        for b, x in enumerate(loader):
+            if b == batches:
+                raise _Interrupted
+            yield x
+
+    return progress
+
+
+def test_an_interrupted_build_resumes_to_the_same_bytes(teacher_run, scenes, tmp_path):
+    """Stopped after 5 batches of 3 (progress recorded after batch 4: 12 images; batch 5 was
+    written after the record and is cut back), the build refuses to start over silently,
+    refuses other settings, and resumes to files byte-identical to an uninterrupted build."""
+    from dreamteacher.teachers.cache import build_cache
+
+    teacher = load_teacher(teacher_run)
+    data = unlabeled_images(scenes, [32, 32], ["train"])  # 16 images: 6 batches of 3
+    kw = dict(draws=3, batch_size=3, save_every=2)
+    ref = build_cache(teacher, data, tmp_path / "ref", **kw)
+    out = tmp_path / "c"
+    with pytest.raises(_Interrupted):
+        build_cache(teacher, data, out, progress=_stop_after(5), **kw)
+    partial = tmp_path / "c.partial"
+    assert not out.exists() and json.loads((partial / "progress.json").read_text())["done"] == 12
+    written = (partial / "level0.npy").stat().st_size
+    with pytest.raises(UserError, match="c.partial holds an interrupted build.*--resume"):
+        build_cache(teacher, data, out, **kw)
+    with pytest.raises(UserError, match="c.partial was started with draws=3, now 2"):
+        build_cache(teacher, data, out, resume=True, **(kw | {"draws": 2}))
+    record = (partial / "progress.json").read_text()
+    (partial / "progress.json").write_text(record[:20])  # (atomic writes make this unlikely)
+    with pytest.raises(UserError, match="progress.json cannot be read.*delete .*c.partial"):
+        build_cache(teacher, data, out, resume=True, **kw)
+    (partial / "progress.json").write_text(record)
+    assert (partial / "level0.npy").stat().st_size == written  # the refusals changed nothing
+    seen = []
+
+    def count(loader):
+        for x in loader:
+            seen.append(len(x))
+            yield x
+
+    build_cache(teacher, data, out, resume=True, progress=count, **kw)
+    assert seen == [3, 1]  # images 12 .. 15 only
+    for lvl in range(4):
+        a, b = ((d / f"level{lvl}.npy").read_bytes() for d in (ref, out))
+        assert a == b, lvl
+    meta, ref_meta = (json.loads((d / "meta.json").read_text()) for d in (out, ref))
+    assert meta.pop("build_s") > 0 and ref_meta.pop("build_s") > 0
+    assert meta == ref_meta
+    assert not partial.exists() and not (out / "progress.json").exists()
+    again = build_cache(teacher, data, out, resume=True, progress=count, **kw)
+    assert again == out and seen == [3, 1]  # complete: nothing encoded
+
+
 def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):
     """Reading the cache in two loader workers gives the run that reading it in the main
     process gives, bit for bit (the draws follow the step keys wherever they are read)."""

@@ -38,6 +38,8 @@ def cache_features(cfg: CacheConfig) -> Path:
         progress=lambda it: track(it, "cache"),
         precision=cfg.precision,
         num_workers=loader_workers(cfg.num_workers, device),
+        save_every=cfg.save_every,
+        resume=cfg.resume,
     )
     save_config(cfg, out / "config.yaml")
     print(f"feature cache written to {out}; use it with `pretrain ... feature_cache={out}`")

@@ -13,6 +13,9 @@ widened to fp32 on the device. Layout of a cache folder:
 
     meta.json          N, K, levels (channels, h, w), image list, teacher, t, image size
     level{l}.npy       # N, K, C_l, h_l, w_l  float16 (np.load(..., mmap_mode="r"))
+
+While it is built the folder is OUT.partial, with progress.json (the images its level files
+hold for certain) for `--resume`.
 """
 
 from __future__ import annotations
@@ -43,32 +46,69 @@ def build_cache(
     progress=None,
     precision: str = "auto",
     num_workers: int = 0,
+    save_every: int = 50,
+    resume: bool = False,
 ) -> Path:
     """Encode every image of `dataset` (an ImageFolder) `draws` times; returns the folder.
     `precision`: auto | fp32 | bf16, as in pretrain (auto = bf16 autocast on CUDA), so the
     stored targets are the ones online encoding on that device would give (meta.json
-    records which); `num_workers` decode images."""
-    from dreamteacher.engine.common import autocast, resolve_precision
+    records which); `num_workers` decode images.
+
+    The cache is written into `out`.partial and renamed when complete. Every `save_every`
+    batches the files written so far are synced and progress.json records how many images
+    they hold; `resume=True` continues an interrupted build from there (with the same
+    settings: the files come out byte-identical to an uninterrupted build's)."""
+    from dreamteacher.engine.common import atomic_json, autocast, resolve_precision
 
     device = torch.device(device)
     precision = resolve_precision(device, precision)  # checked before anything is written
     out = Path(out)
+    n = len(dataset)
+    settings = {
+        "images": n,
+        "draws": draws,
+        "seed": seed,
+        "precision": precision,
+        "batch_size": batch_size,  # batches of another size could round differently
+        **(meta or {}),
+        "files": [str(p.relative_to(dataset.root)) for p in dataset.files],
+    }
+    settings = json.loads(json.dumps(settings))  # as it reads back from JSON
     if (out / "meta.json").exists():
+        if resume and _same_settings(json.loads((out / "meta.json").read_text()), settings):
+            print(f"{out} is already a complete feature cache; nothing to resume")
+            return out
         raise UserError(f"{out} already holds a feature cache; choose another --out or delete it")
     tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    n = len(dataset)
+    done, shapes, spent = _resume_point(tmp, settings) if resume else (0, [], 0.0)
+    if done:
+        print(f"resumed {tmp} at image {done} of {n}")
+    else:
+        if (tmp / "progress.json").exists() and not resume:
+            raise UserError(
+                f"{tmp} holds an interrupted build of this cache; pass --resume to continue it, "
+                "or delete it to start over"
+            )
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    rest = dataset if not done else torch.utils.data.Subset(dataset, range(done, n))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+        rest, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
     files: list = []  # one open level file each, written in order, batch after batch
     blocks: list[np.ndarray] = []  # B, K, C_l, h_l, w_l float16: one batch's draws
-    shapes: list[tuple[int, ...]] = []
     t0 = time.time()
-    s = 0  # index of the batch's first image
+    s = done  # index of the batch's first image
     with contextlib.ExitStack() as opened:
-        for x in progress(loader) if progress else loader:
+
+        def open_files() -> list:
+            return [
+                opened.enter_context(_open_level(tmp / f"level{lvl}.npy", (n, draws, *c), done))
+                for lvl, c in enumerate(shapes)
+            ]
+
+        files = open_files() if done else []
+        for batch, x in enumerate(progress(loader) if progress else loader, start=1):
             x = x.to(device, non_blocking=True)  # B, 3, H, W
             idx = range(s, s + len(x))
             for j in range(draws):
@@ -78,34 +118,81 @@ def build_cache(
                     feats = teacher(xj, keys)
                 if not files:  # the shapes come from the first batch
                     shapes = [tuple(f.shape[1:]) for f in feats]
-                    files = [
-                        opened.enter_context(_open_level(tmp / f"level{lvl}.npy", (n, draws, *c)))
-                        for lvl, c in enumerate(shapes)
-                    ]
-                    blocks = [np.empty((len(x), draws, *c), np.float16) for c in shapes]
+                    files = open_files()
+                if not blocks:
+                    blocks = [np.empty((len(x), draws, *f.shape[1:]), np.float16) for f in feats]
                 for b, f in zip(blocks, feats, strict=True):
                     b[: len(x), j] = f.to(torch.float16).cpu().numpy()
             for fh, b in zip(files, blocks, strict=True):
                 fh.write(b[: len(x)].data)  # images s .. s+B-1: the next block of the file
             s += len(x)
-        for fh in files:
-            fh.flush()
-            os.fsync(fh.fileno())  # on disk before meta.json marks the cache complete
+            if save_every > 0 and batch % save_every == 0 and s < n:
+                _sync(files)  # the files hold at least what progress.json says
+                record = {"done": s, "levels": shapes, "build_s": spent + time.time() - t0}
+                atomic_json(record | {"settings": settings}, tmp / "progress.json")
+        _sync(files)  # on disk before meta.json marks the cache complete
     info = {
-        "images": n,
-        "draws": draws,
-        "seed": seed,
-        "precision": precision,
-        "build_s": time.time() - t0,
+        **settings,
+        "build_s": spent + time.time() - t0,
         "levels": [list(c) for c in shapes],
         "bytes_per_image": int(sum(np.prod(c) for c in shapes) * draws * 2),
-        "files": [str(p.relative_to(dataset.root)) for p in dataset.files],
-        **(meta or {}),
     }
+    (tmp / "progress.json").unlink(missing_ok=True)
     (tmp / "meta.json").write_text(json.dumps(info, indent=1))  # written last: marks complete
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _sync(files: list) -> None:
+    for f in files:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _same_settings(saved: dict, settings: dict) -> bool:
+    return all(saved.get(k) == v for k, v in settings.items())
+
+
+def _resume_point(tmp: Path, settings: dict) -> tuple[int, list[tuple[int, ...]], float]:
+    """(images done, level shapes, seconds spent) of the interrupted build in `tmp`, or
+    (0, [], 0.0) when there is none to continue."""
+    try:
+        record = json.loads((tmp / "progress.json").read_text())
+    except FileNotFoundError:
+        return 0, [], 0.0
+    except (OSError, ValueError) as e:
+        raise UserError(f"{tmp / 'progress.json'} cannot be read ({e}); delete {tmp}") from None
+    saved = record["settings"]
+    diff = [k for k in settings if saved.get(k) != settings[k]]
+    if diff:
+        k = diff[0]
+        what = (
+            "another image list" if k == "files" else f"{k}={saved.get(k)!r}, now {settings[k]!r}"
+        )
+        raise UserError(
+            f"{tmp} was started with {what}; resume with the same settings, or delete it to "
+            "start over"
+        )
+    return int(record["done"]), [tuple(c) for c in record["levels"]], float(record["build_s"])
+
+
+def _open_level(path: Path, shape: tuple[int, ...], done: int = 0):
+    """A level file of a float16 array of `shape`, open for the array's bytes to be appended
+    in C order: a new file holding the .npy header only, or (done > 0) the file of an
+    interrupted build, cut back to its first `done` images."""
+    if not done:
+        f = open(path, "wb")  # noqa: SIM115 (closed by the caller)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16))}
+        np.lib.format.write_array_header_1_0(f, header | {"fortran_order": False, "shape": shape})
+        return f
+    end = _data_offset(path, shape, complete=False) + done * int(np.prod(shape[1:])) * 2
+    if path.stat().st_size < end:
+        raise UserError(f"{path} is shorter than its progress record; delete {path.parent}")
+    f = open(path, "r+b")  # noqa: SIM115 (closed by the caller)
+    f.truncate(end)  # what was written after the record goes
+    f.seek(end)
+    return f
 
 
 def random_cache(
@@ -129,15 +216,6 @@ def random_cache(
     }
     (out / "meta.json").write_text(json.dumps(meta))
     return out
-
-
-def _open_level(path: Path, shape: tuple[int, ...]):
-    """A new level file holding the .npy header of a float16 array of `shape`, open for the
-    array's bytes to be appended in C order."""
-    f = open(path, "wb")  # noqa: SIM115 (closed by the caller)
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16))}
-    np.lib.format.write_array_header_1_0(f, header | {"fortran_order": False, "shape": shape})
-    return f
 
 
 def pick_draw(key: int, draws: int) -> int:
@@ -200,19 +278,25 @@ class FeatureCache:
         return out
 
 
-def _data_offset(npy: Path, shape: tuple[int, ...]) -> int:
+def _data_offset(npy: Path, shape: tuple[int, ...], complete: bool = True) -> int:
     """Where the array data of a level file starts (after its .npy header), checking that it
-    holds float16 draws of this shape (N, K, C, h, w)."""
+    holds float16 draws of this shape (N, K, C, h, w) and, if `complete`, all their bytes."""
+    fmt = np.lib.format
     try:
-        m = np.load(npy, mmap_mode="r")  # reads the header only
+        with open(npy, "rb") as f:
+            version = fmt.read_magic(f)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            got, fortran, dtype = read(f)
+            start = f.tell()
     except (OSError, ValueError) as e:
         raise UserError(f"{npy} cannot be read ({e}); rebuild the feature cache") from None
-    if m.dtype != np.float16 or m.shape != shape or not m.flags.c_contiguous:
+    if dtype != np.float16 or got != shape or fortran:
         raise UserError(
-            f"{npy} holds {m.dtype} {m.shape}, meta.json says float16 {shape}; rebuild the "
-            "feature cache"
+            f"{npy} holds {dtype} {got}, meta.json says float16 {shape}; rebuild the feature cache"
         )
-    return int(m.offset)
+    if complete and npy.stat().st_size < start + int(np.prod(shape)) * 2:
+        raise UserError(f"{npy} is truncated; rebuild the feature cache")
+    return start
 
 
 class CachedTargets(torch.utils.data.Dataset):
