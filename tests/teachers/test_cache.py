@@ -298,6 +298,12 @@ def test_broken_cache_files_are_named(tmp_path):
     with pytest.raises(UserError, match=r"level0.npy holds float16 \(4, 2, 8, 4, 4\).*rebuild"):
         FeatureCache(path)
     (path / "meta.json").write_text(json.dumps(meta))
+    whole = (path / "level0.npy").read_bytes()
+    (path / "level0.npy").write_bytes(whole[:-2])  # one value short
+    with pytest.raises(UserError, match="level0.npy is truncated; rebuild"):
+        FeatureCache(path)
+    (path / "level0.npy").write_bytes(whole)
+    FeatureCache(path)  # whole again: opens
     (path / "level0.npy").write_bytes(b"not an array")
     with pytest.raises(UserError, match="level0.npy cannot be read.*rebuild"):
         FeatureCache(path)

@@ -163,7 +163,7 @@ def _resume_point(tmp: Path, settings: dict) -> tuple[int, list[tuple[int, ...]]
         return 0, [], 0.0
     except (OSError, ValueError) as e:
         raise UserError(f"{tmp / 'progress.json'} cannot be read ({e}); delete {tmp}") from None
-    saved = record["settings"]
+    saved = record.get("settings", {})
     diff = [k for k in settings if saved.get(k) != settings[k]]
     if diff:
         k = diff[0]
