@@ -32,7 +32,11 @@ def _common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         help="input size: one number (square) or H W",
     )
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--save-every", type=int, help="steps between checkpoints")
+    p.add_argument(
+        "--save-every",
+        type=int,
+        help="steps between checkpoints (cache-features: batches between progress records)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",

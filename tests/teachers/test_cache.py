@@ -101,53 +101,61 @@ class _Interrupted(Exception):
     pass
 
 
-def _stop_after(batches: int):
-    """As `progress`: the build is interrupted when it asks for batch `batches` + 1."""
+def _stop_after(batches: int, seen: list[int]):
+    """As `progress`: notes each batch's size; the build is interrupted when it asks for
+    batch `batches` + 1."""
 
     def progress(loader):
         for b, x in enumerate(loader):
             if b == batches:
                 raise _Interrupted
+            seen.append(len(x))
             yield x
 
     return progress
 
 
 def test_an_interrupted_build_resumes_to_the_same_bytes(teacher_run, scenes, tmp_path):
-    """Stopped after 5 batches of 3 (progress recorded after batch 4: 12 images; batch 5 was
-    written after the record and is cut back), the build refuses to start over silently,
-    refuses other settings, and resumes to files byte-identical to an uninterrupted build."""
+    """16 images in batches of 3 (6 batches), progress recorded every 2 batches. Stopped
+    after batch 3 (record: 6 images; batch 3 written past it is cut back), refused
+    changes, resumed and stopped again after batch 5 (record: 12), resumed to the end: the
+    files are byte-identical to an uninterrupted build's."""
     from dreamteacher.teachers.cache import build_cache
 
     teacher = load_teacher(teacher_run)
-    data = unlabeled_images(scenes, [32, 32], ["train"])  # 16 images: 6 batches of 3
+    data = unlabeled_images(scenes, [32, 32], ["train"])
     kw = dict(draws=3, batch_size=3, save_every=2)
     ref = build_cache(teacher, data, tmp_path / "ref", **kw)
-    out = tmp_path / "c"
+    out, partial, seen = tmp_path / "c", tmp_path / "c.partial", []
     with pytest.raises(_Interrupted):
-        build_cache(teacher, data, out, progress=_stop_after(5), **kw)
-    partial = tmp_path / "c.partial"
-    assert not out.exists() and json.loads((partial / "progress.json").read_text())["done"] == 12
-    written = (partial / "level0.npy").stat().st_size
+        build_cache(teacher, data, out, progress=_stop_after(3, seen), **kw)
+    assert not out.exists() and json.loads((partial / "progress.json").read_text())["done"] == 6
+    written = [(partial / f"level{lvl}.npy").stat().st_size for lvl in range(4)]
+
+    # refusals, none of which touches the files
     with pytest.raises(UserError, match="c.partial holds an interrupted build.*--resume"):
         build_cache(teacher, data, out, **kw)
     with pytest.raises(UserError, match="c.partial was started with draws=3, now 2"):
         build_cache(teacher, data, out, resume=True, **(kw | {"draws": 2}))
+    other = load_teacher(teacher_run, strides=[8, 16, 32, 4])  # other level shapes
+    with pytest.raises(UserError, match=r"c.partial holds levels \[.*the teacher now gives"):
+        build_cache(other, data, out, resume=True, **kw)
     record = (partial / "progress.json").read_text()
-    (partial / "progress.json").write_text(record[:20])  # (atomic writes make this unlikely)
-    with pytest.raises(UserError, match="progress.json cannot be read.*delete .*c.partial"):
-        build_cache(teacher, data, out, resume=True, **kw)
+    for broken, why in ((record[:20], "cannot be read"), ("{}", "is damaged")):
+        (partial / "progress.json").write_text(broken)  # (atomic writes make this unlikely)
+        with pytest.raises(UserError, match=f"progress.json {why}.*delete .*c.partial"):
+            build_cache(teacher, data, out, resume=True, **kw)
     (partial / "progress.json").write_text(record)
-    assert (partial / "level0.npy").stat().st_size == written  # the refusals changed nothing
-    seen = []
+    assert [(partial / f"level{lvl}.npy").stat().st_size for lvl in range(4)] == written
 
-    def count(loader):
-        for x in loader:
-            seen.append(len(x))
-            yield x
-
-    build_cache(teacher, data, out, resume=True, progress=count, **kw)
-    assert seen == [3, 1]  # images 12 .. 15 only
+    seen.clear()
+    with pytest.raises(_Interrupted):
+        build_cache(teacher, data, out, resume=True, progress=_stop_after(3, seen), **kw)
+    assert seen == [3, 3, 3]  # batches 3, 4, 5
+    assert json.loads((partial / "progress.json").read_text())["done"] == 12
+    seen.clear()
+    build_cache(teacher, data, out, resume=True, progress=_stop_after(99, seen), **kw)
+    assert seen == [3, 1]  # batches 5 and 6: images 12 .. 15
     for lvl in range(4):
         a, b = ((d / f"level{lvl}.npy").read_bytes() for d in (ref, out))
         assert a == b, lvl
@@ -155,8 +163,28 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(teacher_run, scenes, tmp
     assert meta.pop("build_s") > 0 and ref_meta.pop("build_s") > 0
     assert meta == ref_meta
     assert not partial.exists() and not (out / "progress.json").exists()
-    again = build_cache(teacher, data, out, resume=True, progress=count, **kw)
+
+    again = build_cache(teacher, data, out, resume=True, progress=_stop_after(99, seen), **kw)
     assert again == out and seen == [3, 1]  # complete: nothing encoded
+    out.rename(partial)  # as if stopped after meta.json was written, before the rename
+    with pytest.raises(UserError, match="c.partial holds an interrupted build"):
+        build_cache(teacher, data, out, **kw)
+    build_cache(teacher, data, out, resume=True, progress=_stop_after(99, seen), **kw)
+    assert seen == [3, 1] and (out / "meta.json").exists() and not partial.exists()
+
+
+def test_an_empty_dataset_is_refused(teacher_run, tmp_path):
+    from dreamteacher.teachers.cache import build_cache
+
+    class Empty(torch.utils.data.Dataset):
+        root, files = tmp_path, []
+
+        def __len__(self) -> int:
+            return 0
+
+    with pytest.raises(UserError, match="holds no images to encode"):
+        build_cache(load_teacher(teacher_run), Empty(), tmp_path / "c")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
 
 
 def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):

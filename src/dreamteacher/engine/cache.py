@@ -34,7 +34,12 @@ def cache_features(cfg: CacheConfig) -> Path:
         cfg.batch_size,
         device,
         cfg.seed,
-        meta={"teacher": str(cfg.teacher), "t": cfg.t, "image_size": cfg.image_size},
+        meta={
+            "teacher": str(cfg.teacher),
+            "t": cfg.t,
+            "strides": cfg.strides,
+            "image_size": cfg.image_size,
+        },
         progress=lambda it: track(it, "cache"),
         precision=cfg.precision,
         num_workers=loader_workers(cfg.num_workers, device),

@@ -21,6 +21,7 @@ hold for certain) for `--resume`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -52,18 +53,23 @@ def build_cache(
     """Encode every image of `dataset` (an ImageFolder) `draws` times; returns the folder.
     `precision`: auto | fp32 | bf16, as in pretrain (auto = bf16 autocast on CUDA), so the
     stored targets are the ones online encoding on that device would give (meta.json
-    records which); `num_workers` decode images.
+    records which); `num_workers` decode images; `meta`: more settings to record and check
+    (teacher, t, strides, image size).
 
     The cache is written into `out`.partial and renamed when complete. Every `save_every`
     batches the files written so far are synced and progress.json records how many images
-    they hold; `resume=True` continues an interrupted build from there (with the same
-    settings: the files come out byte-identical to an uninterrupted build's)."""
+    they hold; `resume=True` continues an interrupted build from there. With the same
+    settings on the same device the files come out byte-identical to an uninterrupted
+    build's; the settings are checked, the device is not."""
     from dreamteacher.engine.common import atomic_json, autocast, resolve_precision
 
     device = torch.device(device)
     precision = resolve_precision(device, precision)  # checked before anything is written
     out = Path(out)
     n = len(dataset)
+    if n == 0:
+        raise UserError(f"{dataset.root} holds no images to encode; point --data at images")
+    names = [str(p.relative_to(dataset.root)) for p in dataset.files]
     settings = {
         "images": n,
         "draws": draws,
@@ -71,26 +77,34 @@ def build_cache(
         "precision": precision,
         "batch_size": batch_size,  # batches of another size could round differently
         **(meta or {}),
-        "files": [str(p.relative_to(dataset.root)) for p in dataset.files],
+        "files_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest(),
     }
     settings = json.loads(json.dumps(settings))  # as it reads back from JSON
     if (out / "meta.json").exists():
-        if resume and _same_settings(json.loads((out / "meta.json").read_text()), settings):
+        saved = _read_json(out / "meta.json", f"delete {out} and build the cache again")
+        if resume and all(saved.get(k) == v for k, v in settings.items()):
             print(f"{out} is already a complete feature cache; nothing to resume")
             return out
         raise UserError(f"{out} already holds a feature cache; choose another --out or delete it")
     tmp = out.with_name(out.name + ".partial")
-    done, shapes, spent = _resume_point(tmp, settings) if resume else (0, [], 0.0)
-    if done:
-        print(f"resumed {tmp} at image {done} of {n}")
-    else:
-        if (tmp / "progress.json").exists() and not resume:
-            raise UserError(
-                f"{tmp} holds an interrupted build of this cache; pass --resume to continue it, "
-                "or delete it to start over"
-            )
+    started = (tmp / "progress.json").exists() or (tmp / "meta.json").exists()
+    if started and not resume:
+        raise UserError(
+            f"{tmp} holds an interrupted build of this cache; pass --resume to continue it, "
+            "or delete it to start over"
+        )
+    if started and (tmp / "meta.json").exists():  # complete, stopped before the rename
+        _check_settings(_read_json(tmp / "meta.json", f"delete {tmp}"), settings, tmp)
+        tmp.rename(out)
+        print(f"{tmp} was complete; renamed to {out}")
+        return out
+    record = _resume_point(tmp, settings) if started else None
+    if record is None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    done = record["done"] if record else 0
+    shapes = [tuple(c) for c in record["levels"]] if record else []
+    spent = record["build_s"] if record else 0.0
     rest = dataset if not done else torch.utils.data.Subset(dataset, range(done, n))
     loader = torch.utils.data.DataLoader(
         rest, batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
@@ -107,8 +121,8 @@ def build_cache(
                 for lvl, c in enumerate(shapes)
             ]
 
-        files = open_files() if done else []
-        for batch, x in enumerate(progress(loader) if progress else loader, start=1):
+        first = done // batch_size + 1  # batches are numbered as in an uninterrupted build
+        for batch, x in enumerate(progress(loader) if progress else loader, start=first):
             x = x.to(device, non_blocking=True)  # B, 3, H, W
             idx = range(s, s + len(x))
             for j in range(draws):
@@ -116,11 +130,18 @@ def build_cache(
                 keys = [mix(seed, 99991, i, j) for i in idx]
                 with autocast(device, precision):
                     feats = teacher(xj, keys)
-                if not files:  # the shapes come from the first batch
-                    shapes = [tuple(f.shape[1:]) for f in feats]
+                if not files:  # opened at the first batch, whose levels give their shapes
+                    got = [tuple(f.shape[1:]) for f in feats]
+                    if done and got != shapes:  # checked before the files are touched
+                        raise UserError(
+                            f"{tmp} holds levels {shapes}, the teacher now gives {got}; "
+                            "resume with the same teacher settings, or delete it to start over"
+                        )
+                    shapes = got
                     files = open_files()
-                if not blocks:
-                    blocks = [np.empty((len(x), draws, *f.shape[1:]), np.float16) for f in feats]
+                    blocks = [np.empty((len(x), draws, *c), np.float16) for c in shapes]
+                    if done:
+                        print(f"resumed {tmp} at image {done} of {n}")
                 for b, f in zip(blocks, feats, strict=True):
                     b[: len(x), j] = f.to(torch.float16).cpu().numpy()
             for fh, b in zip(files, blocks, strict=True):
@@ -128,17 +149,18 @@ def build_cache(
             s += len(x)
             if save_every > 0 and batch % save_every == 0 and s < n:
                 _sync(files)  # the files hold at least what progress.json says
-                record = {"done": s, "levels": shapes, "build_s": spent + time.time() - t0}
-                atomic_json(record | {"settings": settings}, tmp / "progress.json")
+                now = {"done": s, "levels": shapes, "build_s": spent + time.time() - t0}
+                atomic_json(now | {"settings": settings}, tmp / "progress.json")
         _sync(files)  # on disk before meta.json marks the cache complete
     info = {
         **settings,
         "build_s": spent + time.time() - t0,
         "levels": [list(c) for c in shapes],
         "bytes_per_image": int(sum(np.prod(c) for c in shapes) * draws * 2),
+        "files": names,
     }
+    atomic_json(info, tmp / "meta.json")  # marks the cache complete
     (tmp / "progress.json").unlink(missing_ok=True)
-    (tmp / "meta.json").write_text(json.dumps(info, indent=1))  # written last: marks complete
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -150,31 +172,37 @@ def _sync(files: list) -> None:
         os.fsync(f.fileno())
 
 
-def _same_settings(saved: dict, settings: dict) -> bool:
-    return all(saved.get(k) == v for k, v in settings.items())
-
-
-def _resume_point(tmp: Path, settings: dict) -> tuple[int, list[tuple[int, ...]], float]:
-    """(images done, level shapes, seconds spent) of the interrupted build in `tmp`, or
-    (0, [], 0.0) when there is none to continue."""
+def _read_json(path: Path, fix: str) -> dict:
     try:
-        record = json.loads((tmp / "progress.json").read_text())
-    except FileNotFoundError:
-        return 0, [], 0.0
+        d = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(f"{tmp / 'progress.json'} cannot be read ({e}); delete {tmp}") from None
-    saved = record.get("settings", {})
-    diff = [k for k in settings if saved.get(k) != settings[k]]
-    if diff:
-        k = diff[0]
-        what = (
-            "another image list" if k == "files" else f"{k}={saved.get(k)!r}, now {settings[k]!r}"
-        )
-        raise UserError(
-            f"{tmp} was started with {what}; resume with the same settings, or delete it to "
-            "start over"
-        )
-    return int(record["done"]), [tuple(c) for c in record["levels"]], float(record["build_s"])
+        raise UserError(f"{path} cannot be read ({e}); {fix}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{path} is not a JSON object; {fix}")
+    return d
+
+
+def _check_settings(saved: dict, settings: dict, tmp: Path) -> None:
+    """Refuse to continue a build started with other settings, naming the first that differs."""
+    for k, v in settings.items():
+        if saved.get(k) != v:
+            what = (
+                "another image list" if k == "files_sha256" else f"{k}={saved.get(k)!r}, now {v!r}"
+            )
+            raise UserError(
+                f"{tmp} was started with {what}; resume with the same settings, or delete it to "
+                "start over"
+            )
+
+
+def _resume_point(tmp: Path, settings: dict) -> dict:
+    """The last progress record of the interrupted build in `tmp`: done (images its level
+    files hold), levels (their shapes), build_s (seconds spent), settings (checked)."""
+    record = _read_json(tmp / "progress.json", f"delete {tmp} to start over")
+    if not {"done", "levels", "build_s", "settings"} <= record.keys():
+        raise UserError(f"{tmp / 'progress.json'} is damaged; delete {tmp} to start over")
+    _check_settings(record["settings"], settings, tmp)
+    return record
 
 
 def _open_level(path: Path, shape: tuple[int, ...], done: int = 0):
@@ -186,9 +214,10 @@ def _open_level(path: Path, shape: tuple[int, ...], done: int = 0):
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16))}
         np.lib.format.write_array_header_1_0(f, header | {"fortran_order": False, "shape": shape})
         return f
-    end = _data_offset(path, shape, complete=False) + done * int(np.prod(shape[1:])) * 2
+    fix = f"delete {path.parent} to start over"
+    end = _data_offset(path, shape, complete=False, fix=fix) + done * int(np.prod(shape[1:])) * 2
     if path.stat().st_size < end:
-        raise UserError(f"{path} is shorter than its progress record; delete {path.parent}")
+        raise UserError(f"{path} is shorter than its progress record; {fix}")
     f = open(path, "r+b")  # noqa: SIM115 (closed by the caller)
     f.truncate(end)  # what was written after the record goes
     f.seek(end)
@@ -240,7 +269,7 @@ class FeatureCache:
                 f"{self.path} is not a complete feature cache (no meta.json); run "
                 "`dreamteacher cache-features` again"
             )
-        self.meta = json.loads(meta.read_text())
+        self.meta = _read_json(meta, "run `dreamteacher cache-features` again")
         self.draws = int(self.meta["draws"])
         self.levels = [tuple(int(d) for d in s) for s in self.meta["levels"]]
         self.channels = [s[0] for s in self.levels]
@@ -278,7 +307,9 @@ class FeatureCache:
         return out
 
 
-def _data_offset(npy: Path, shape: tuple[int, ...], complete: bool = True) -> int:
+def _data_offset(
+    npy: Path, shape: tuple[int, ...], complete: bool = True, fix: str = "rebuild the feature cache"
+) -> int:
     """Where the array data of a level file starts (after its .npy header), checking that it
     holds float16 draws of this shape (N, K, C, h, w) and, if `complete`, all their bytes."""
     fmt = np.lib.format
@@ -289,13 +320,11 @@ def _data_offset(npy: Path, shape: tuple[int, ...], complete: bool = True) -> in
             got, fortran, dtype = read(f)
             start = f.tell()
     except (OSError, ValueError) as e:
-        raise UserError(f"{npy} cannot be read ({e}); rebuild the feature cache") from None
+        raise UserError(f"{npy} cannot be read ({e}); {fix}") from None
     if dtype != np.float16 or got != shape or fortran:
-        raise UserError(
-            f"{npy} holds {dtype} {got}, meta.json says float16 {shape}; rebuild the feature cache"
-        )
+        raise UserError(f"{npy} holds {dtype} {got}, not float16 {shape}; {fix}")
     if complete and npy.stat().st_size < start + int(np.prod(shape)) * 2:
-        raise UserError(f"{npy} is truncated; rebuild the feature cache")
+        raise UserError(f"{npy} is truncated; {fix}")
     return start
 
 
