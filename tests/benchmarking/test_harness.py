@@ -117,3 +117,35 @@ def test_label_distillation_rows_end_to_end_and_cached(tmp_path):
     assert "| interpreter |" in md and "| ddpm-seg |" in md and "teacher-side" in md
     again = dt.benchmark(str(data), str(tmp_path / "b"), interpreter_max_steps=4, **kw)
     assert again["cells_computed"] == 1 + 2 + 2
+
+
+def test_dreamteacher_row_from_a_feature_cache(tmp_path):
+    """dt_feature_cache=K: the dreamteacher backbone is pretrained from a cache cell of K
+    encodings of the pretraining images; turning it off again finds the online cells, and
+    the teacher cell is shared."""
+    import dreamteacher as dt
+    from dreamteacher.data.synthetic import make_scenes
+
+    data = make_scenes(
+        tmp_path / "data", n=30, image_size=(32, 48), splits={"train": 0.6, "val": 0.1, "test": 0.3}
+    )
+    kw = dict(profile="smoke", device="cpu", labels=[4], protocols=["finetune"])
+    kw |= dict(methods=["dreamteacher"], out=str(tmp_path / "b"))
+    r = dt.benchmark(str(data), dt_feature_cache=2, **kw)
+    assert r["cells_computed"] == 4  # teacher, feature cache, pretraining, evaluation
+    cells = tmp_path / "b" / "cells"
+    cache = next(cells.glob("feature-cache-*"))
+    meta = json.loads((cache / "cache" / "meta.json").read_text())
+    assert meta["draws"] == 2 and meta["images"] == 21  # train + val, never test
+    run_cfg = (next(cells.glob("pretrain-dreamteacher-*")) / "run" / "config.yaml").read_text()
+    assert f"feature_cache: {cache / 'cache'}" in run_cfg
+    stages = [c["stage"] for c in r["costs"]]
+    assert stages[:2] == ["teacher (train-teacher)", "feature cache (cache-features)"]
+    cost = r["costs"][1]
+    assert cost["images_seen"] == 42
+    online = dt.benchmark(str(data), **kw)
+    assert online["cells_computed"] == 2  # its own pretraining and evaluation; same teacher
+    assert len(list(cells.glob("pretrain-dreamteacher-*"))) == 2
+    assert "feature cache (cache-features)" not in [c["stage"] for c in online["costs"]]
+    with pytest.raises(UserError, match="dt_feature_cache must be 0"):
+        dt.benchmark(str(data), dt_feature_cache=-1, **kw)

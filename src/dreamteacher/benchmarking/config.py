@@ -50,6 +50,8 @@ class BenchmarkConfig:
     pretrain_batch_size: int = 16
     dt_lr: float = 4e-3
     dt_t: list[int] = field(default_factory=lambda: [50])
+    dt_feature_cache: int = 0  # > 0: the dreamteacher row reads its targets from a feature
+    # cache of this many encodings per image (a cell of its own) instead of running the teacher
     ssl_lr: float = 2e-3
     # the feature interpreter (interpreter row; soft labels of dt-mix and dt-label)
     interpreter_epochs: int = 100
@@ -140,6 +142,11 @@ def build_benchmark_config(
         raise UserError(f"unknown protocol '{bad[0]}'; pick from {', '.join(PROTOCOLS)}")
     if not cfg.labels or min(cfg.labels) <= 0:
         raise UserError(f"labels must be positive numbers of images, got {cfg.labels}")
+    if cfg.dt_feature_cache < 0:
+        raise UserError(
+            "dt_feature_cache must be 0 (online) or a number of encodings per image, got "
+            f"{cfg.dt_feature_cache}"
+        )
     if not cfg.seeds:
         raise UserError("seeds is empty; give at least one, e.g. seeds=[0]")
     return cfg

@@ -164,10 +164,43 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     dt_params = {**common, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
     dt_kw = {"teacher": teacher_run, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
 
+    def feature_cache() -> dict:
+        """K encodings per pretraining image, for the dreamteacher row (dt_feature_cache=K)."""
+        cp = {**base, "teacher": teacher["key"], "splits": cfg.pretrain_splits, "t": cfg.dt_t}
+        cp["draws"] = cfg.dt_feature_cache
+
+        def fn(d: Path) -> dict:
+            path = api.cache_features(
+                data=data,
+                teacher=teacher_run,
+                out=str(d / "cache"),
+                splits=cfg.pretrain_splits,
+                image_size=size,
+                t=cfg.dt_t,
+                draws=cfg.dt_feature_cache,
+                batch_size=cfg.pretrain_batch_size,
+                **run_opts,  # resume=True: a stopped build continues
+            )
+            meta = json.loads((path / "meta.json").read_text())
+            return {
+                "images_seen": meta["images"] * meta["draws"],
+                "bytes_per_image": meta["bytes_per_image"],
+            }
+
+        print(f"benchmark: feature cache ({cfg.dt_feature_cache} encodings per image)")
+        rec = cells.get("feature-cache", cp, fn)
+        costs.append({"stage": "feature cache (cache-features)", **_cost(rec)})
+        return rec
+
     def pretrained_backbone(method: str) -> None:
         if method == "dreamteacher":
             pp = {**dt_params, "teacher": teacher["key"]}
             train = partial(api.pretrain, **dt_kw, **pre_kw)
+            if cfg.dt_feature_cache:  # (the key is added only then: online cells keep theirs)
+                cache = feature_cache()
+                pp["feature_cache"] = cache["key"]
+                path = str(Path(cache["folder"]) / "cache")
+                train = partial(train, feature_cache=path)
         else:
             pp = {**common, "method": method, "lr": cfg.ssl_lr}
             train = partial(api.pretrain_baseline, method=method, lr=cfg.ssl_lr, **pre_kw)
