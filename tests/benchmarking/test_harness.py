@@ -143,9 +143,12 @@ def test_dreamteacher_row_from_a_feature_cache(tmp_path):
     assert stages[:2] == ["teacher (train-teacher)", "feature cache (cache-features)"]
     cost = r["costs"][1]
     assert cost["images_seen"] == 42
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert "feature cache of 2 encodings per image" in md
     online = dt.benchmark(str(data), **kw)
     assert online["cells_computed"] == 2  # its own pretraining and evaluation; same teacher
     assert len(list(cells.glob("pretrain-dreamteacher-*"))) == 2
     assert "feature cache (cache-features)" not in [c["stage"] for c in online["costs"]]
+    assert "feature cache of" not in (tmp_path / "b" / "results.md").read_text()
     with pytest.raises(UserError, match="dt_feature_cache must be 0"):
         dt.benchmark(str(data), dt_feature_cache=-1, **kw)

@@ -417,6 +417,12 @@ def format_results(r: dict[str, Any]) -> str:
         f"{c['pretrain_epochs']} pretraining epochs for every method; seeds {c['seeds']}; "
         f"device {r['device']}; commit {r['commit']}.\n\n"
     )
+    if c.get("dt_feature_cache"):
+        head += (
+            "dreamteacher's targets were read from a feature cache of "
+            f"{c['dt_feature_cache']} encodings per image (`dt_feature_cache`), not encoded "
+            "at every step.\n\n"
+        )
     if not r["complete"]:
         head += f"**Partial**: {len(r['runs'])} evaluation runs so far.\n\n"
     runs_md = results_table(r["runs"], c["methods"])
