@@ -167,7 +167,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     def feature_cache() -> dict:
         """K encodings per pretraining image, for the dreamteacher row (dt_feature_cache=K)."""
         cp = {**base, "teacher": teacher["key"], "splits": cfg.pretrain_splits, "t": cfg.dt_t}
-        cp["draws"] = cfg.dt_feature_cache
+        cp |= {"draws": cfg.dt_feature_cache, "batch_size": cfg.pretrain_batch_size}
 
         def fn(d: Path) -> dict:
             path = api.cache_features(
