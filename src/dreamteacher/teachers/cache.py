@@ -82,7 +82,7 @@ def build_cache(
     settings = json.loads(json.dumps(settings))  # as it reads back from JSON
     if (out / "meta.json").exists():
         saved = _read_json(out / "meta.json", f"delete {out} and build the cache again")
-        if resume and all(saved.get(k) == v for k, v in settings.items()):
+        if resume and _first_difference(saved, settings) is None:
             print(f"{out} is already a complete feature cache; nothing to resume")
             return out
         raise UserError(f"{out} already holds a feature cache; choose another --out or delete it")
@@ -182,17 +182,21 @@ def _read_json(path: Path, fix: str) -> dict:
     return d
 
 
+def _first_difference(saved: dict, settings: dict) -> str | None:
+    """The first of `settings` whose value `saved` does not hold, or None."""
+    return next((k for k, v in settings.items() if saved.get(k) != v), None)
+
+
 def _check_settings(saved: dict, settings: dict, tmp: Path) -> None:
     """Refuse to continue a build started with other settings, naming the first that differs."""
-    for k, v in settings.items():
-        if saved.get(k) != v:
-            what = (
-                "another image list" if k == "files_sha256" else f"{k}={saved.get(k)!r}, now {v!r}"
-            )
-            raise UserError(
-                f"{tmp} was started with {what}; resume with the same settings, or delete it to "
-                "start over"
-            )
+    k = _first_difference(saved, settings)
+    if k is not None:
+        v = settings[k]
+        what = "another image list" if k == "files_sha256" else f"{k}={saved.get(k)!r}, now {v!r}"
+        raise UserError(
+            f"{tmp} was started with {what}; resume with the same settings, or delete it to "
+            "start over"
+        )
 
 
 def _resume_point(tmp: Path, settings: dict) -> dict:
