@@ -3,6 +3,9 @@ per session with the real code paths (train-teacher and pretrain at 32 px)."""
 
 from __future__ import annotations
 
+import re
+import shutil
+
 import pytest
 import torch
 
@@ -10,6 +13,29 @@ import dreamteacher as dt
 from dreamteacher.data.synthetic import make_scenes
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_earlier_sessions(tmp_path_factory, request):
+    """Remove earlier sessions' pytest-N folders before this session writes its own.
+
+    pytest only removes them at exit, so a disk left full by earlier runs (up to 3 kept
+    by default, ~11 GB each before the retention policy in pyproject.toml) fails this
+    run. Folders with a .lock belong to a session still running and are kept; so is a
+    --basetemp the user chose.
+    """
+    if request.config.option.basetemp is not None:
+        return
+    current = tmp_path_factory.getbasetemp()
+    match = re.fullmatch(r"pytest-(\d+)", current.name)
+    if match is None:
+        return
+    for old in current.parent.glob("pytest-*"):
+        number = re.fullmatch(r"pytest-(\d+)", old.name)
+        if number is None or int(number[1]) >= int(match[1]) or old.is_symlink():
+            continue
+        if not (old / ".lock").exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
