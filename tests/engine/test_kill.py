@@ -55,6 +55,8 @@ def _cmd(kind, scenes, teacher_run, out):
             "splits=[train]",
             "num_samples=1",
             "sample_steps=1",
+            "block_out_channels=[16,16,32,32,32]",  # small checkpoints for 32 saves
+            "layers_per_block=1",
             *common,
         ]
     return [
