@@ -119,10 +119,10 @@ def test_label_distillation_rows_end_to_end_and_cached(tmp_path):
     assert again["cells_computed"] == 1 + 2 + 2
 
 
-def test_dreamteacher_row_from_a_feature_cache(tmp_path):
-    """dt_feature_cache=K: the dreamteacher backbone is pretrained from a cache cell of K
-    encodings of the pretraining images; turning it off again finds the online cells, and
-    the teacher cell is shared."""
+def test_dreamteacher_rows_from_a_feature_cache(tmp_path):
+    """dt_feature_cache=K: the dreamteacher and dt-mix backbones are pretrained from one
+    cache cell of K encodings of the pretraining images; turning it off again finds the
+    online cells, and the teacher cell is shared."""
     import dreamteacher as dt
     from dreamteacher.data.synthetic import make_scenes
 
@@ -130,21 +130,26 @@ def test_dreamteacher_row_from_a_feature_cache(tmp_path):
         tmp_path / "data", n=30, image_size=(32, 48), splits={"train": 0.6, "val": 0.1, "test": 0.3}
     )
     kw = dict(profile="smoke", device="cpu", labels=[4], protocols=["finetune"])
-    kw |= dict(methods=["dreamteacher"], out=str(tmp_path / "b"))
-    r = dt.benchmark(str(data), dt_feature_cache=2, **kw)
-    assert r["cells_computed"] == 4  # teacher, feature cache, pretraining, evaluation
+    kw |= dict(out=str(tmp_path / "b"), interpreter_max_steps=2)
+    r = dt.benchmark(str(data), dt_feature_cache=2, methods=["dreamteacher", "dt-mix"], **kw)
+    # teacher, feature cache, 2 pretrainings, the interpreter, 2 evaluations
+    assert r["cells_computed"] == 7
     cells = tmp_path / "b" / "cells"
-    cache = next(cells.glob("feature-cache-*"))
+    (cache,) = cells.glob("feature-cache-*")
     meta = json.loads((cache / "cache" / "meta.json").read_text())
     assert meta["draws"] == 2 and meta["images"] == 21  # train + val, never test
-    run_cfg = (next(cells.glob("pretrain-dreamteacher-*")) / "run" / "config.yaml").read_text()
-    assert f"feature_cache: {cache / 'cache'}" in run_cfg
+    for row in ("dreamteacher", "dt-mix-N4-seed0"):
+        run_cfg = (next(cells.glob(f"pretrain-{row}-*")) / "run" / "config.yaml").read_text()
+        assert f"feature_cache: {cache / 'cache'}" in run_cfg, row
+    assert "mode: mix" in run_cfg
     stages = [c["stage"] for c in r["costs"]]
     assert stages[:2] == ["teacher (train-teacher)", "feature cache (cache-features)"]
+    assert stages.count("feature cache (cache-features)") == 1
     cost = r["costs"][1]
     assert cost["images_seen"] == 42
     md = (tmp_path / "b" / "results.md").read_text()
     assert "feature cache of 2 encodings per image" in md
+    kw["methods"] = ["dreamteacher"]
     online = dt.benchmark(str(data), **kw)
     assert online["cells_computed"] == 2  # its own pretraining and evaluation; same teacher
     assert len(list(cells.glob("pretrain-dreamteacher-*"))) == 2

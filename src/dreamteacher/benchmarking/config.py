@@ -50,8 +50,9 @@ class BenchmarkConfig:
     pretrain_batch_size: int = 16
     dt_lr: float = 4e-3
     dt_t: list[int] = field(default_factory=lambda: [50])
-    dt_feature_cache: int = 0  # > 0: the dreamteacher row reads its targets from a feature
-    # cache of this many encodings per image (a cell of its own) instead of running the teacher
+    dt_feature_cache: int = 0  # > 0: the dreamteacher, dt-mix and dt-label rows read their
+    # targets from a feature cache of this many encodings per image (a cell of its own, shared)
+    # instead of running the teacher
     ssl_lr: float = 2e-3
     # the feature interpreter (interpreter row; soft labels of dt-mix and dt-label)
     interpreter_epochs: int = 100

@@ -164,8 +164,13 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     dt_params = {**common, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
     dt_kw = {"teacher": teacher_run, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
 
+    caches: list[dict] = []
+
     def feature_cache() -> dict:
-        """K encodings per pretraining image, for the dreamteacher row (dt_feature_cache=K)."""
+        """K encodings per pretraining image (dt_feature_cache=K), computed once for the
+        dreamteacher, dt-mix and dt-label rows."""
+        if caches:
+            return caches[0]
         cp = {**base, "teacher": teacher["key"], "splits": cfg.pretrain_splits, "t": cfg.dt_t}
         cp |= {"draws": cfg.dt_feature_cache, "batch_size": cfg.pretrain_batch_size}
 
@@ -190,17 +195,22 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         print(f"benchmark: feature cache ({cfg.dt_feature_cache} encodings per image)")
         rec = cells.get("feature-cache", cp, fn)
         costs.append({"stage": "feature cache (cache-features)", **_cost(rec)})
+        caches.append(rec)
         return rec
+
+    def distilled(pp: dict, train: partial) -> tuple[dict, partial]:
+        """A distillation cell's parameters and trainer, reading the feature cache when
+        dt_feature_cache > 0 (the key is added only then: online cells keep theirs)."""
+        if not cfg.dt_feature_cache:
+            return pp, train
+        cache = feature_cache()
+        path = str(Path(cache["folder"]) / "cache")
+        return {**pp, "feature_cache": cache["key"]}, partial(train, feature_cache=path)
 
     def pretrained_backbone(method: str) -> None:
         if method == "dreamteacher":
             pp = {**dt_params, "teacher": teacher["key"]}
-            train = partial(api.pretrain, **dt_kw, **pre_kw)
-            if cfg.dt_feature_cache:  # (the key is added only then: online cells keep theirs)
-                cache = feature_cache()
-                pp["feature_cache"] = cache["key"]
-                path = str(Path(cache["folder"]) / "cache")
-                train = partial(train, feature_cache=path)
+            pp, train = distilled(pp, partial(api.pretrain, **dt_kw, **pre_kw))
         else:
             pp = {**common, "method": method, "lr": cfg.ssl_lr}
             train = partial(api.pretrain_baseline, method=method, lr=cfg.ssl_lr, **pre_kw)
@@ -274,6 +284,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             lambda_ld=cfg.lambda_ld,
             tau=cfg.tau,
         )
+        pp, train = distilled(pp, train)
         rec = pretrain_cell(f"{method}-N{n}-seed{seed}", pp, train)
         weights[(method, n, seed)] = str(Path(rec["folder"]) / "backbone")
         pre_keys[(method, n, seed)] = rec["key"]
@@ -419,7 +430,7 @@ def format_results(r: dict[str, Any]) -> str:
     )
     if c.get("dt_feature_cache"):
         head += (
-            "dreamteacher's targets were read from a feature cache of "
+            "The DreamTeacher rows' targets were read from a feature cache of "
             f"{c['dt_feature_cache']} encodings per image (`dt_feature_cache`), not encoded "
             "at every step.\n\n"
         )
