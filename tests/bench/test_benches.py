@@ -129,7 +129,7 @@ def test_gpu_script_tiny_mode(tmp_path):
     """bench/gpu.sh runs every command it would run on a GPU (throughput bench, with
     torch.compile as COMPILE=1 asks, benchmark, memory against dataset size), at tiny sizes
     on the CPU, and collects their outputs in one folder; each command's figures are
-    checked here, as no other test runs the throughput or online memory bench again."""
+    checked here: no other test checks the throughput or online memory figures."""
     p = _gpu_sh(tmp_path / "g", 900, COMPILE="1")
     assert p.returncode == 0, p.stderr[-3000:]
     g = tmp_path / "g"

@@ -21,7 +21,7 @@ import json
 import platform
 import subprocess
 import time
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +164,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     dt_params = {**common, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
     dt_kw = {"teacher": teacher_run, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
 
-    caches: list[dict] = []
-
+    @cache
     def feature_cache() -> dict:
         """K encodings per pretraining image (dt_feature_cache=K), computed once for the
         dreamteacher, dt-mix and dt-label rows."""
-        if caches:
-            return caches[0]
         cp = {**base, "teacher": teacher["key"], "splits": cfg.pretrain_splits, "t": cfg.dt_t}
         cp |= {"draws": cfg.dt_feature_cache, "batch_size": cfg.pretrain_batch_size}
 
@@ -195,7 +192,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         print(f"benchmark: feature cache ({cfg.dt_feature_cache} encodings per image)")
         rec = cells.get("feature-cache", cp, fn)
         costs.append({"stage": "feature cache (cache-features)", **_cost(rec)})
-        caches.append(rec)
         return rec
 
     def distilled(pp: dict, train: partial) -> tuple[dict, partial]:
