@@ -138,10 +138,13 @@ def test_dreamteacher_rows_from_a_feature_cache(tmp_path):
     (cache,) = cells.glob("feature-cache-*")
     meta = json.loads((cache / "cache" / "meta.json").read_text())
     assert meta["draws"] == 2 and meta["images"] == 21  # train + val, never test
-    for row in ("dreamteacher", "dt-mix-N4-seed0"):
-        run_cfg = (next(cells.glob(f"pretrain-{row}-*")) / "run" / "config.yaml").read_text()
+    cfgs = {
+        row: (next(cells.glob(f"pretrain-{row}-*")) / "run" / "config.yaml").read_text()
+        for row in ("dreamteacher", "dt-mix-N4-seed0")
+    }
+    for row, run_cfg in cfgs.items():
         assert f"feature_cache: {cache / 'cache'}" in run_cfg, row
-    assert "mode: mix" in run_cfg
+    assert "mode: mix" in cfgs["dt-mix-N4-seed0"]
     stages = [c["stage"] for c in r["costs"]]
     assert stages[:2] == ["teacher (train-teacher)", "feature cache (cache-features)"]
     assert stages.count("feature cache (cache-features)") == 1
