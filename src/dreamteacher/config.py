@@ -61,6 +61,11 @@ class TeacherConfig(RunOptions):
     sample_steps: int = 50  # DDIM steps used to draw the sample grid
 
 
+# the label/mix student's logit head (student/regressor.py): UPerNet's 3x3 fusion at stride 4,
+# or its 1x1 version computed per level (student/decoder.py LevelwiseLogits)
+LOGIT_HEADS = ("uper", "light")
+
+
 @dataclass
 class PretrainConfig(RunOptions):
     """`pretrain`: feature distillation of a teacher into a timm backbone (METHOD.md 1-3, 5)."""
@@ -90,6 +95,9 @@ class PretrainConfig(RunOptions):
     lambda_ld: float = 1.0  # L_mix = L_feat + lambda_ld * L_ld
     tau: float = 4.0  # softmax temperature of L_ld
     tau_squared: bool = True  # multiply L_ld by tau^2 (Hinton et al. 2015; docs/method.md)
+    # the student's logit head (label, mix): uper = UPerNet's 3x3 fusion at stride 4; light =
+    # a 1x1 fusion computed per level, about 26x fewer MACs (student/decoder.py)
+    logit_head: str = "uper"
 
 
 @dataclass

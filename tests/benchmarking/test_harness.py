@@ -65,6 +65,8 @@ def test_config_precedence_and_errors(tmp_path):
         build_benchmark_config("smoke", overrides=["methods=[scratch,mae]"])
     with pytest.raises(UserError, match="unknown config key 'epochs'"):
         build_benchmark_config("smoke", overrides=["epochs=3"])
+    with pytest.raises(UserError, match="unknown dt_logit_head 'fpn'; choose one of uper, light"):
+        build_benchmark_config("smoke", overrides=["dt_logit_head=fpn"])
 
 
 def test_cli_reports_a_bad_profile_in_one_line(tmp_path, capsys):
@@ -117,6 +119,24 @@ def test_label_distillation_rows_end_to_end_and_cached(tmp_path):
     assert "| interpreter |" in md and "| ddpm-seg |" in md and "teacher-side" in md
     again = dt.benchmark(str(data), str(tmp_path / "b"), interpreter_max_steps=4, **kw)
     assert again["cells_computed"] == 1 + 2 + 2
+    # the light logit head: only the dt-mix and dt-label pretrainings and their evaluations
+    light = dt.benchmark(
+        str(data), str(tmp_path / "b"), interpreter_max_steps=4, dt_logit_head="light", **kw
+    )
+    assert light["cells_computed"] == 2 + 2
+    assert len(list(cells.glob("pretrain-dt-mix-N4-seed0-*"))) == 3
+    for row in ("dt-mix", "dt-label"):
+        heads = sorted(
+            line.split(": ")[1]
+            for d in cells.glob(f"pretrain-{row}-N4-seed0-*")
+            for line in (d / "run" / "config.yaml").read_text().splitlines()
+            if line.startswith("logit_head:")
+        )
+        assert heads == ["light", "uper", "uper"], row  # interpreter_max_steps 6, 4; light
+    assert "logit head was `light`" in (tmp_path / "b" / "results.md").read_text()
+    # the default head finds its cells again: nothing is recomputed
+    again = dt.benchmark(str(data), str(tmp_path / "b"), interpreter_max_steps=4, **kw)
+    assert again["cells_computed"] == 0
 
 
 def test_dreamteacher_rows_from_a_feature_cache(tmp_path):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamteacher.config import build_config
+from dreamteacher.config import LOGIT_HEADS, build_config
 from dreamteacher.errors import UserError
 
 # backbones pretrained once on the unlabeled images
@@ -60,6 +60,7 @@ class BenchmarkConfig:
     interpreter_channels: int = 256
     lambda_ld: float = 1.0
     tau: float = 4.0
+    dt_logit_head: str = "uper"  # the dt-mix / dt-label students' logit head: uper | light
     # DDPM-seg (Baranchuk et al. 2022)
     ddpm_seg_t: list[int] = field(default_factory=lambda: [50, 150, 250])
     ddpm_seg_steps: int = 500
@@ -147,6 +148,10 @@ def build_benchmark_config(
         raise UserError(
             "dt_feature_cache must be 0 (online) or a number of encodings per image, got "
             f"{cfg.dt_feature_cache}"
+        )
+    if cfg.dt_logit_head not in LOGIT_HEADS:
+        raise UserError(
+            f"unknown dt_logit_head '{cfg.dt_logit_head}'; choose one of {', '.join(LOGIT_HEADS)}"
         )
     if not cfg.seeds:
         raise UserError("seeds is empty; give at least one, e.g. seeds=[0]")

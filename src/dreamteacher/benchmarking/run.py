@@ -271,6 +271,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         mode = method.removeprefix("dt-")
         pp = {**dt_params, "teacher": teacher["key"], "interpreter": interp["key"]}
         pp.update(mode=mode, lambda_ld=cfg.lambda_ld, tau=cfg.tau)
+        head = {"logit_head": cfg.dt_logit_head} if cfg.dt_logit_head != "uper" else {}
+        pp.update(head)  # the default head's cells keep their keys
         train = partial(
             api.pretrain,
             **dt_kw,
@@ -279,6 +281,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             interpreter=str(Path(interp["folder"]) / "run"),
             lambda_ld=cfg.lambda_ld,
             tau=cfg.tau,
+            **head,
         )
         pp, train = distilled(pp, train)
         rec = pretrain_cell(f"{method}-N{n}-seed{seed}", pp, train)
@@ -429,6 +432,11 @@ def format_results(r: dict[str, Any]) -> str:
             "The DreamTeacher rows' targets were read from a feature cache of "
             f"{c['dt_feature_cache']} encodings per image (`dt_feature_cache`), not encoded "
             "at every step.\n\n"
+        )
+    if c.get("dt_logit_head", "uper") != "uper":
+        head += (
+            f"The dt-mix and dt-label students' logit head was `{c['dt_logit_head']}` "
+            "(`dt_logit_head`), not UPerNet's 3x3 fusion.\n\n"
         )
     if not r["complete"]:
         head += f"**Partial**: {len(r['runs'])} evaluation runs so far.\n\n"

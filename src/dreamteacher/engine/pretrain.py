@@ -108,6 +108,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             teacher.channels if cfg.mode != "label" else [],  # label: no feature heads
             cfg.regressor_channels,
             interpreter.num_classes if interpreter is not None else None,
+            cfg.logit_head,
         ),
     ).to(device)
     channels_last = device.type == "cuda"
@@ -129,9 +130,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     else:
         sampler, loader = training_loader(data, cfg, env, device, start, total)
     if env.main:
+        soft = (
+            f", interpreter {cfg.interpreter}, {cfg.logit_head} logit head" if interpreter else ""
+        )
         print(
             f"pretrain ({cfg.mode} distillation): {cfg.backbone} <- teacher {cfg.teacher} "
-            f"(t={cfg.t}){f', interpreter {cfg.interpreter}' if interpreter else ''}; "
+            f"(t={cfg.t}){soft}; "
             f"{len(data)} images "
             f"at {cfg.image_size[0]}x{cfg.image_size[1]}, {total} steps "
             f"({total / steps_per_epoch:g} epochs) of global batch {global_batch} "
@@ -192,6 +196,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 "teacher_channels": teacher.channels,
                 "image_size": cfg.image_size,
                 "mode": cfg.mode,
+                "logit_head": cfg.logit_head if interpreter is not None else None,
                 "method": "dreamteacher" if cfg.mode == "feature" else f"dreamteacher-{cfg.mode}",
             },
             run.dir / "final.pt",

@@ -1,7 +1,7 @@
 """Student side: timm backbone, UPerNet decoder, feature regressor, segmentation head."""
 
 from dreamteacher.student.backbone import Backbone
-from dreamteacher.student.decoder import PPM, FusedLogits, UPerDecoder
+from dreamteacher.student.decoder import PPM, FusedLogits, LevelwiseLogits, UPerDecoder
 from dreamteacher.student.regressor import FeatureRegressor, RegressorOutput, Student
 from dreamteacher.student.segmenter import Segmenter, UPerHead
 
@@ -10,6 +10,7 @@ __all__ = [
     "Backbone",
     "FeatureRegressor",
     "FusedLogits",
+    "LevelwiseLogits",
     "RegressorOutput",
     "Segmenter",
     "Student",

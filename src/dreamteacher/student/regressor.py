@@ -9,7 +9,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dreamteacher.student.decoder import FusedLogits, UPerDecoder
+from dreamteacher.config import LOGIT_HEADS
+from dreamteacher.errors import UserError
+from dreamteacher.student.decoder import FusedLogits, LevelwiseLogits, UPerDecoder
 
 
 class RegressorOutput(NamedTuple):
@@ -19,8 +21,9 @@ class RegressorOutput(NamedTuple):
 
 class FeatureRegressor(nn.Module):
     """`teacher_channels` empty: no feature heads (label distillation only); `num_classes`:
-    add UPerNet's fused logit head for the interpreter's soft labels. The logit head has no
-    dropout: every random choice in pretraining is keyed by sample, so a K-rank run matches a
+    add a logit head for the interpreter's soft labels on the same decoder: `logit_head`
+    "uper" (UPerNet's fusion, FusedLogits) or "light" (LevelwiseLogits). It has no dropout:
+    every random choice in pretraining is keyed by sample, so a K-rank run matches a
     one-process run with the same global batch (dropout draws from a per-process stream)."""
 
     def __init__(
@@ -29,13 +32,20 @@ class FeatureRegressor(nn.Module):
         teacher_channels: list[int],
         ch: int = 256,
         num_classes: int | None = None,
+        logit_head: str = "uper",
     ):
         super().__init__()
+        if logit_head not in LOGIT_HEADS:
+            raise UserError(
+                f"unknown logit_head '{logit_head}'; choose one of {', '.join(LOGIT_HEADS)}"
+            )
         self.decoder = UPerDecoder(in_channels, ch)
         self.heads = nn.ModuleList(nn.Conv2d(ch, c, 1) for c in teacher_channels)
-        self.logit_head = (
-            FusedLogits(ch, len(in_channels), num_classes, dropout=0.0) if num_classes else None
-        )
+        self.logit_head: nn.Module | None = None
+        if num_classes and logit_head == "uper":
+            self.logit_head = FusedLogits(ch, len(in_channels), num_classes, dropout=0.0)
+        elif num_classes:
+            self.logit_head = LevelwiseLogits(ch, len(in_channels), num_classes)
 
     def forward(self, feats: list[torch.Tensor]) -> RegressorOutput:
         """[C2..C5] -> predictions of the teacher maps (and class logits)."""
