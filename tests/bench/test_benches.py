@@ -83,6 +83,24 @@ def test_throughput_keeps_other_figures_when_the_cache_part_fails(monkeypatch):
     assert "feature cache part failed" in throughput.format_result(r)
 
 
+def test_logit_head_bench(tmp_path):
+    """The logit-head bench at tiny sizes: one timing per mode and head, its ratios from its
+    timings, and the heads' MACs counted on the decoder's maps (the light head far fewer)."""
+    out = tmp_path / "h.json"
+    p = _run("logit_head.py", "--quick", "--device", "cpu", "--out", out)
+    r = json.loads(out.read_text())
+    s = r["seconds_per_batch"]
+    assert list(s) == ["feature", "mix-uper", "mix-light", "label-uper", "label-light"]
+    for k, v in s.items():
+        assert v > 0 and abs(r["ratio_to_feature"][k] - v / s["feature"]) < 1e-9
+        assert abs(r["images_per_s"][k] - r["settings"]["batch"] / v) < 1e-6
+    m = r["head_macs_per_image"]
+    # 32x32: P2 8x8 (the 3x3 fusion over 4 x 256 channels and the 1x1 to 5 classes), P3..P5
+    assert m["uper"] == 8 * 8 * (9 * 1024 * 256 + 256 * 5)
+    assert m["light"] == 256 * 256 * (64 + 16 + 4 + 1) + 8 * 8 * 256 * 5
+    assert "logit head MACs per image" in p.stdout
+
+
 def test_cache_read_bench(tmp_path):
     """The cache-read bench at small sizes: its sizes follow from the levels, its rates from
     its timings, and reading its 25 MB cache end to end leaves the reader's RSS flat."""
