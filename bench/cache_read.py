@@ -8,14 +8,19 @@ The default levels are those of the base UNet's taps at 256x320 (the GPU through
 3.6 MB of fp16 targets per draw. A cache of random values in the real layout is written to a
 temporary folder (or --dir), then, for each worker count, the loader that pretrain uses
 (CachedTargets over StepTagged batches; images are a constant tensor, so only the cache is
-read) is iterated and the median interval between batches is kept. Last, one process reads
-every draw of every image and its RSS (VmRSS, Linux) is compared before and after.
+read) is iterated and the median interval between batches is kept. The loader goes over the
+cache several times, so these intervals are reads from the OS page cache (memory), not from
+the disk. The disk is in `full_pass_mb_per_s`: one process reads every draw of every image
+once with the cache's files dropped from the page cache first (`cold`, posix_fadvise
+DONTNEED after fsync; Linux), then once more (`warm`). Last, one process reads the whole
+cache again and its RSS (VmRSS, Linux) is compared before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -50,6 +55,30 @@ def rss_mb() -> float | None:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return None
+
+
+def drop_from_page_cache(folder: Path) -> bool:
+    """Ask the OS to forget the cached pages of every file in `folder` (written back first);
+    False where posix_fadvise is missing (then a "cold" read may come from memory)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for f in folder.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def full_pass_s(path: Path, images: int, draws: int) -> float:
+    """Seconds for a fresh reader to read every draw of every image once, in order."""
+    reader, t = FeatureCache(path), time.perf_counter()
+    for i in range(images):
+        for j in range(draws):
+            reader.read(i, j)
+    return time.perf_counter() - t
 
 
 def loader_interval(cache: FeatureCache, images: int, batch: int, workers: int, rounds: int):
@@ -88,6 +117,10 @@ def run(
             "batch_mb": batch * per_draw / 1e6,
             "seconds_per_batch": {},
         }
+        res["page_cache_dropped"] = drop_from_page_cache(path)
+        passes = {"cold": full_pass_s(path, images, draws)}
+        passes["warm"] = full_pass_s(path, images, draws)
+        res["full_pass_mb_per_s"] = {k: res["cache_mb"] / v for k, v in passes.items()}
         for w in workers:
             res["seconds_per_batch"][str(w)] = loader_interval(cache, images, batch, w, rounds)
         res["batch_mb_per_s"] = {
@@ -110,9 +143,15 @@ def format_result(r: dict) -> str:
         f"host: {r['host']}; cache {r['cache_mb']:.1f} MB ({s['images']} images x "
         f"{s['draws']} draws), batch {s['batch']} = {r['batch_mb']:.1f} MB of fp16 targets"
     ]
+    fp = r["full_pass_mb_per_s"]
+    cold = "cold" if r["page_cache_dropped"] else "cold (page cache not dropped: no fadvise)"
+    lines.append(
+        f"  one pass over the cache: {cold} {fp['cold']:.0f} MB/s, warm {fp['warm']:.0f} MB/s"
+    )
     for k, v in r["seconds_per_batch"].items():
         lines.append(
-            f"  {k} workers: a batch every {v * 1e3:7.1f} ms ({r['batch_mb_per_s'][k]:.0f} MB/s)"
+            f"  {k} workers: a batch every {v * 1e3:7.1f} ms ({r['batch_mb_per_s'][k]:.0f} MB/s"
+            ", page cache)"
         )
     if r["rss_mb"]:
         m = r["rss_mb"]

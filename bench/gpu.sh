@@ -22,13 +22,17 @@ set -uo pipefail
 OUT=${1:?usage: bench/gpu.sh OUT_DIR [gpu|tiny] [key=value ...]}
 MODE=${2:-gpu}
 shift $(($# < 2 ? $# : 2))
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)  # OUT and DATA given relative to where the script is called from
+if [ -n "${DATA:-}" ] && [ "$MODE" != tiny ]; then  # tiny mode makes its own data
+  [ -d "$DATA" ] || { echo "gpu.sh: DATA=$DATA is not a folder; point DATA at the data set" >&2; exit 2; }
+  DATA=$(cd "$DATA" && pwd)
+fi
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 DATA=${DATA:-../shared/datasets/camvid}
 BUDGET=${BUDGET:-480}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 
 if [ "$MODE" = tiny ]; then
   DEV=cpu; PROFILE=smoke

@@ -1,14 +1,16 @@
 """Peak RSS (and GPU memory) of `pretrain` against the dataset's size (must not grow with it).
 
     python bench/memory.py [--sizes 1000 10000] [--steps 20] [--device cpu|cuda]
-                           [--feature-cache K] [--out FILE]
+                           [--feature-cache K] [--workers N] [--out FILE]
 
 For each size: generate that many 32x32 scenes, run `dreamteacher pretrain` for a fixed
 number of steps in a fresh process (random-init tiny teacher, resnet18), and read that
-process's own peak RSS (getrusage) at exit; on CUDA also torch's peak allocated and reserved
-GPU memory. With `--feature-cache K`, `dreamteacher cache-features draws=K` first encodes
-every image K times in a fresh process of its own (its peak RSS, time and the cache's size
-are reported too), and pretrain reads its targets from that cache.
+process's own peak RSS (getrusage) at exit, and the largest peak of its DataLoader workers
+(they decode the images and read the cache; `--workers`, default the run's own choice: none
+on CPU, up to 8 on CUDA); on CUDA also torch's peak allocated and reserved GPU memory.
+With `--feature-cache K`, `dreamteacher cache-features draws=K` first encodes every image K
+times in a fresh process of its own (its peak RSS, time and the cache's size are reported
+too), and pretrain reads its targets from that cache.
 """
 
 from __future__ import annotations
@@ -47,16 +49,51 @@ def make_teacher(out: Path, size: int) -> Path:
     return out
 
 
+def children_peak_kb(pid: int) -> int:
+    """The largest peak RSS (VmHWM) among the live child processes of `pid` (its DataLoader
+    workers), from /proc; 0 where there are none or no /proc."""
+    peak = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) != pid:  # field 4: ppid
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, IndexError, ValueError):  # the process ended meanwhile
+            continue
+    return peak
+
+
 def run_child(args: list[str]) -> dict[str, list[str]]:
-    """Run the CLI with `args` in a fresh process; its PEAK_* lines."""
-    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
+    """Run the CLI with `args` in a fresh process; its PEAK_* lines, and PEAK_WORKER_RSS_KB:
+    its children's (the loader workers') largest peak RSS, read every 0.2 s while it runs."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(
+            [sys.executable, "-c", CHILD, *args], stdout=out, stderr=err, text=True
+        )
+        workers = 0
+        while p.poll() is None:
+            workers = max(workers, children_peak_kb(p.pid))
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if p.returncode != 0:
-        raise RuntimeError(p.stderr[-2000:])
-    return {x.split()[0]: x.split()[1:] for x in p.stdout.splitlines() if x.startswith("PEAK_")}
+        raise RuntimeError(stderr[-2000:])
+    lines = [x.split() for x in stdout.splitlines() if x.startswith("PEAK_")]
+    return {x[0]: x[1:] for x in lines} | {"PEAK_WORKER_RSS_KB": [str(workers)]}
 
 
 def measure(
-    n: int, steps: int, tmp: Path, teacher: Path, size: int, device: str = "cpu", draws: int = 0
+    n: int,
+    steps: int,
+    tmp: Path,
+    teacher: Path,
+    size: int,
+    device: str = "cpu",
+    draws: int = 0,
+    workers: int = -1,
 ) -> dict:
     from dreamteacher.data.synthetic import make_scenes
 
@@ -64,6 +101,7 @@ def measure(
     data = make_scenes(tmp / f"data_{n}", n=n, image_size=(size, size), seed=0)
     gen = time.time() - t
     row: dict = {"images": n, "steps": steps, "device": device, "generate_s": gen}
+    row["num_workers"] = workers  # -1: the run's default
     extra = []
     if draws:
         cache = tmp / f"cache_{n}"
@@ -71,6 +109,7 @@ def measure(
         peaks = run_child(
             ["cache-features", "--data", str(data / "images"), "--teacher", str(teacher)]
             + ["--out", str(cache), "--device", device, f"draws={draws}"]
+            + [f"num_workers={workers}"]
         )
         row |= {
             "cache_draws": draws,
@@ -96,11 +135,13 @@ def measure(
         f"max_steps={steps}",
         "epochs=1000",
         "warmup_epochs=0",
+        f"num_workers={workers}",
         *extra,
     ]
     t = time.time()
     lines = run_child(args)
     row |= {"peak_rss_mb": int(lines["PEAK_RSS_KB"][0]) / 1024, "run_s": time.time() - t}
+    row["worker_peak_rss_mb"] = int(lines["PEAK_WORKER_RSS_KB"][0]) / 1024  # 0: no workers
     saved = yaml.safe_load((tmp / f"run_{n}" / "config.yaml").read_text())
     row["feature_cache_read"] = bool(saved.get("feature_cache"))  # as the run resolved it
     if "PEAK_GPU_BYTES" in lines:
@@ -124,13 +165,25 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="build a cache of K encodings per image first and pretrain from it (0: online)",
     )
+    ap.add_argument(
+        "--workers", type=int, default=-1, help="DataLoader workers (-1: the run's default)"
+    )
     ap.add_argument("--out", default="bench/results/memory.json")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         teacher = make_teacher(tmp / "teacher", args.image_size)
         rows = [
-            measure(n, args.steps, tmp, teacher, args.image_size, args.device, args.feature_cache)
+            measure(
+                n,
+                args.steps,
+                tmp,
+                teacher,
+                args.image_size,
+                args.device,
+                args.feature_cache,
+                args.workers,
+            )
             for n in args.sizes
         ]
     for r in rows:
@@ -147,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['cache_s']:.1f} s)"
             )
         mode = " from the cache" if "cache_draws" in r else ""
+        if r["worker_peak_rss_mb"]:
+            gpu += f", largest worker peak RSS {r['worker_peak_rss_mb']:.1f} MB"
         print(
             f"{r['images']:>7} images: pretrain{mode}: peak RSS {r['peak_rss_mb']:7.1f} MB{gpu} "
             f"({r['steps']} steps in {r['run_s']:.1f} s on {r['device']})"

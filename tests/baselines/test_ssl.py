@@ -96,3 +96,54 @@ def test_unknown_method_and_missing_lightly_are_clear_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "lightly.loss", None)
     with pytest.raises(UserError, match=r"pip install -e \.\[baselines\]"):
         build_method("simclr", "resnet18", [32, 32])
+
+
+# Rank r of 2 takes its half of a fixed global batch of 4 (gloo over a file store); for each
+# method one forward + backward under DDP; it saves the loss, the all-reduced gradient and
+# the queue.
+DDP_WORKER = """
+import sys, torch, torch.distributed as tdist
+from dreamteacher.baselines.ssl import build_method
+from dreamteacher.engine import dist
+rank, tmp = int(sys.argv[1]), sys.argv[2]
+tdist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
+env = dist.DistEnv(rank, 2, 0)
+for method in sys.argv[3:]:
+    torch.manual_seed(0)
+    net = build_method(method, "test_resnet", [32, 32], memory_bank=8).eval()
+    views = [torch.load(f"{tmp}/views.pt")[i][2 * rank : 2 * rank + 2] for i in range(2)]
+    model = dist.wrap(net, env, torch.device("cpu"))
+    loss = model(views, 0.0)
+    loss.backward()
+    bank = getattr(getattr(net, "criterion", None), "memory_bank", None)
+    torch.save({"loss": loss.detach(), "grad": next(net.backbone.parameters()).grad,
+                "bank": None if bank is None else bank.bank}, f"{tmp}/{method}{rank}.pt")
+dist.teardown(env)
+"""
+
+
+def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path):
+    """SimCLR's negatives and MoCo's queue span the ranks: the loss averaged over 2 ranks, the
+    all-reduced gradient and the queue after the step equal one process's over all 4 images
+    (eval-mode BatchNorm, so no statistic depends on how the batch is split)."""
+    import subprocess
+
+    torch.manual_seed(1)
+    views = [torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)]
+    torch.save(views, tmp_path / "views.pt")
+    methods = ["simclr", "mocov2"]
+    cmd = [sys.executable, "-c", DDP_WORKER]
+    procs = [subprocess.Popen([*cmd, str(r), str(tmp_path), *methods]) for r in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    for method in methods:
+        ranks = [torch.load(tmp_path / f"{method}{r}.pt") for r in range(2)]
+        torch.manual_seed(0)
+        net = build_method(method, "test_resnet", [32, 32], memory_bank=8).eval()
+        loss = net(views, 0.0)
+        loss.backward()
+        torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach())
+        for r in ranks:
+            torch.testing.assert_close(r["grad"], next(net.backbone.parameters()).grad)
+        if method == "mocov2":  # both ranks' 4 keys went into each rank's queue, in rank order
+            for r in ranks:
+                torch.testing.assert_close(r["bank"], net.criterion.memory_bank.bank)

@@ -112,6 +112,10 @@ def test_cache_read_bench(tmp_path):
     assert abs(r["cache_mb"] - 64 * 2 * per_draw / 1e6) < 1e-9
     assert abs(r["batch_mb"] - 8 * per_draw / 1e6) < 1e-9
     assert set(r["seconds_per_batch"]) == {"0", "1"}
+    assert set(r["full_pass_mb_per_s"]) == {"cold", "warm"}
+    assert all(v > 0 for v in r["full_pass_mb_per_s"].values())
+    assert r["page_cache_dropped"] == sys.platform.startswith("linux")
+    assert "one pass over the cache: cold" in p.stdout
     for k, v in r["seconds_per_batch"].items():
         assert v > 0 and abs(r["batch_mb_per_s"][k] - r["batch_mb"] / v) < 1e-6
     if sys.platform.startswith("linux"):
@@ -123,24 +127,34 @@ def test_cache_read_bench(tmp_path):
 
 def test_memory_with_a_feature_cache(tmp_path):
     """--feature-cache K: cache-features runs first (its own peak RSS, time, bytes written)
-    and pretrain reads its targets from that cache."""
+    and pretrain reads its targets from that cache, here in a loader worker, whose peak RSS
+    is reported too (the worker reads the cache; the main process alone would miss it)."""
     out = tmp_path / "m.json"
-    _run("memory.py", "--sizes", 40, 400, "--steps", 3, "--feature-cache", 2, "--out", out)
+    _run(
+        "memory.py",
+        *("--sizes", 40, 400, "--steps", 3, "--feature-cache", 2),
+        "--out",
+        out,
+        "--workers",
+        1,
+    )
     small, large = json.loads(out.read_text())
     for r in (small, large):
         assert r["cache_draws"] == 2 and r["feature_cache_read"] and r["cache_s"] > 0
         assert 100 < r["cache_peak_rss_mb"] < 8000
+        assert r["num_workers"] == 1 and 50 < r["worker_peak_rss_mb"] < 8000
+    assert large["worker_peak_rss_mb"] < 1.25 * small["worker_peak_rss_mb"]
     # 2 encodings of 4 levels per image, plus the same .npy headers and meta.json
     assert 9.5 < large["cache_mb"] / small["cache_mb"] < 10.05
     assert large["cache_peak_rss_mb"] < 1.25 * small["cache_peak_rss_mb"]
     assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
 
 
-def _gpu_sh(out, timeout, **env):
+def _gpu_sh(out, timeout, cwd=None, **env):
     """bench/gpu.sh OUT tiny, with extra environment variables."""
     env = dict(os.environ, PYTHON=sys.executable, **env)
     cmd = ["bash", str(ROOT / "bench" / "gpu.sh"), str(out), "tiny"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
 
 
 def test_gpu_script_tiny_mode(tmp_path):
@@ -172,6 +186,7 @@ def test_gpu_script_tiny_mode(tmp_path):
     assert 100 < small["peak_rss_mb"] < 8000
     assert large["peak_rss_mb"] < 1.25 * small["peak_rss_mb"]
     assert not small["feature_cache_read"] and "cache_peak_rss_mb" not in small
+    assert small["worker_peak_rss_mb"] == 0  # no loader workers on the CPU by default
     # the two parts the check is for first, memory in what is left
     stages = ("throughput (cpu)", "benchmark --profile smoke", "memory against", "(rc=0)")
     where = [log.find(x) for x in stages]
@@ -195,9 +210,10 @@ def test_gpu_script_stops_at_its_budget(tmp_path):
 def test_gpu_script_caps_its_stages(tmp_path):
     """THROUGHPUT_S, BENCHMARK_S and MEMORY_S cap their stages (a capped throughput stage
     leaves the benchmark the rest of the budget): each one is stopped at its own cap, in
-    the order throughput, benchmark, memory, and none by the budget."""
+    the order throughput, benchmark, memory, and none by the budget. OUT is given relative
+    to the caller's folder, not the repository's."""
     caps = dict(THROUGHPUT_S="1", BENCHMARK_S="3", MEMORY_S="2")
-    p = _gpu_sh(tmp_path / "g", 120, BUDGET="60", **caps)
+    p = _gpu_sh("g", 120, cwd=tmp_path, BUDGET="60", **caps)
     assert p.returncode == 1
     log = (tmp_path / "g" / "gpu.log").read_text()
     stops = [x.split("] ")[1] for x in log.splitlines() if "stopped" in x]

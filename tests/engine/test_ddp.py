@@ -57,7 +57,7 @@ def _params(run):
 
 
 @pytest.mark.parametrize("mode", ["feature", "mix", "cache"])
-def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path):
+def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path, capsys):
     """mix: the student's logit head and the interpreter's soft labels under DDP too.
     cache: the targets read from a feature cache by a loader worker on each rank."""
     extra = []
@@ -135,6 +135,14 @@ def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path):
     assert la[0]["images_seen"] == lb[0]["images_seen"] == 8
 
     if mode == "feature":
+        # resuming the 2-rank run in one process would change its global batch and data
+        # order: refused, naming both counts
+        from dreamteacher.cli import main
+
+        capsys.readouterr()
+        assert main([*map(str, common), "--out", str(tmp_path / "ddp"), "--resume"]) != 0
+        err = capsys.readouterr().err
+        assert "was made by 2 process(es), now 1; resume under torchrun with 2" in err
         # two "nodes" through the c10d rendezvous: the same weights again; exactly one of
         # the two launches holds rank 0 and prints the run's header
         outs = _two_nodes([*common, "--out", tmp_path / "nodes"])

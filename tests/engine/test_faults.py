@@ -112,6 +112,42 @@ def test_export_failure_keeps_previous_export(pretrain_run, tmp_path, monkeypatc
     assert sorted(p.name for p in bb.iterdir()) == ["config.json", "model.safetensors"]
 
 
+def test_outputs_get_the_umask_permissions_not_owner_only(pretrain_run, tmp_path):
+    """Files written atomically (through a private temporary file) end up with the mode any
+    new file gets under the umask: 0644 under 022, so others on a cluster can read them."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        common.atomic_json({"a": 1}, tmp_path / "m.json")
+        bb = dt.export(pretrain_run, tmp_path / "bb")
+        os.umask(0o002)
+        common.atomic_json({"a": 2}, tmp_path / "g.json")
+    finally:
+        os.umask(old)
+    for f, mode in [("m.json", 0o644), ("bb/model.safetensors", 0o644), ("g.json", 0o664)]:
+        assert stat.S_IMODE((tmp_path / f).stat().st_mode) == mode, f
+    assert stat.S_IMODE((bb / "config.json").stat().st_mode) == 0o644
+
+
+def test_resume_refuses_another_number_of_processes(tmp_path):
+    """A checkpoint names the number of processes that made it (older ones only in their
+    sampler state); resuming with another number is refused, saying how to resume."""
+    import dataclasses
+
+    cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
+    common.Run(cfg.out, cfg).save_checkpoint(1, {"model": {}})
+    again = dataclasses.replace(cfg, resume=True)
+    with pytest.raises(UserError, match=r"made by 1 process\(es\), now 2; resume in one process"):
+        common.Run(cfg.out, again, world_size=2).load_checkpoint()
+    assert common.Run(cfg.out, again, world_size=1).load_checkpoint()["step"] == 1
+    old = {"model": {}, "sampler": {"world_size": 4}}  # a checkpoint from before the key
+    common.atomic_save(old | {"step": 2, "config": {}}, tmp_path / "r/checkpoints/step_00000002.pt")
+    with pytest.raises(UserError, match=r"made by 4 process\(es\), now 1; resume under torchrun"):
+        common.Run(cfg.out, again).load_checkpoint()
+
+
 def test_image_size_not_divisible_by_teacher_stride(scenes, teacher_run, tmp_path):
     with pytest.raises(UserError, match="not divisible by 16"):
         dt.pretrain(out=str(tmp_path / "p"), epochs=1, image_size=[40], **_kw(scenes, teacher_run))

@@ -18,6 +18,7 @@ from dreamteacher.teachers.cache import CachedTargets, FeatureCache, random_cach
 @pytest.fixture(scope="module")
 def cache_dir(scenes, teacher_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("cache") / "c"
+    out.mkdir()  # an empty folder made beforehand is taken as the cache's place
     return dt.api.cache_features(
         data=str(scenes),
         teacher=str(teacher_run),
@@ -185,6 +186,20 @@ def test_an_empty_dataset_is_refused(teacher_run, tmp_path):
     with pytest.raises(UserError, match="holds no images to encode"):
         build_cache(load_teacher(teacher_run), Empty(), tmp_path / "c")
     assert not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
+
+
+def test_a_folder_that_is_not_a_cache_is_never_replaced(teacher_run, scenes, tmp_path):
+    """--out pointing at a folder with other files (runs/, say) is refused before anything is
+    encoded, and the files stay (the build used to delete it to rename the cache there)."""
+    from dreamteacher.teachers.cache import build_cache
+
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("a user's file")
+    data = unlabeled_images(scenes, [32, 32], ["train"])
+    with pytest.raises(UserError, match="runs exists and is not a feature cache; choose another"):
+        build_cache(load_teacher(teacher_run), data, tmp_path / "runs", draws=1)
+    assert (tmp_path / "runs" / "keep.txt").read_text() == "a user's file"
+    assert not (tmp_path / "runs.partial").exists()
 
 
 def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):

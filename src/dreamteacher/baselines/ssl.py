@@ -89,6 +89,16 @@ def fp32(criterion, *embeddings: torch.Tensor) -> torch.Tensor:
         return criterion(*(e.float() for e in embeddings))
 
 
+def _queued(temperature: float, size: int):
+    """NT-Xent against a queue of `size` past keys (128-d). Under DDP every rank enqueues the
+    keys of all ranks (gathered, rank by rank), as MoCo does, so the queues stay one and the
+    same; DDP's buffer broadcast from rank 0 would otherwise leave the other ranks' keys out.
+    A step's keys beyond the queue's end are dropped (lightly's queue), as in one process:
+    DenseCL's per-location keys can outnumber its queue, and then rank 0's come first."""
+    loss, _, _, _ = _lightly()
+    return loss.NTXentLoss(temperature, memory_bank_size=(size, 128), gather_distributed=True)
+
+
 class SimCLR(SSLMethod):
     name = "simclr"
 
@@ -96,7 +106,8 @@ class SimCLR(SSLMethod):
         super().__init__(backbone, image_size, momentum)
         loss, heads, _, tr = _lightly()
         self.head = heads.SimCLRProjectionHead(self.dim, self.dim, 128)
-        self.criterion = loss.NTXentLoss(temperature=temperature or 0.5)
+        # under DDP the negatives are the whole global batch (gathered with their gradients)
+        self.criterion = loss.NTXentLoss(temperature=temperature or 0.5, gather_distributed=True)
         self.views = tr.SimCLRTransform(input_size=self.size, normalize=None)
 
     def loss(self, views, progress):
@@ -113,9 +124,7 @@ class MoCoV2(SSLMethod):
         loss, heads, _, tr = _lightly()
         self.head = heads.MoCoProjectionHead(self.dim, self.dim, 128)
         self.backbone_m, self.head_m = self._momentum_copy(self.backbone, self.head)
-        self.criterion = loss.NTXentLoss(
-            temperature=temperature or 0.2, memory_bank_size=(memory_bank, 128)
-        )
+        self.criterion = _queued(temperature or 0.2, memory_bank)
         self.views = tr.MoCoV2Transform(input_size=self.size, normalize=None)
 
     def loss(self, views, progress):
@@ -163,8 +172,8 @@ class DenseCL(SSLMethod):
             self.backbone, self.head, self.head_local
         )
         t = temperature or 0.2
-        self.criterion = loss.NTXentLoss(temperature=t, memory_bank_size=(memory_bank, 128))
-        self.criterion_local = loss.NTXentLoss(temperature=t, memory_bank_size=(memory_bank, 128))
+        self.criterion = _queued(t, memory_bank)
+        self.criterion_local = _queued(t, memory_bank)
         self.views = tr.DenseCLTransform(input_size=self.size, normalize=None)
 
     def _embed(self, x, net, head, head_local):

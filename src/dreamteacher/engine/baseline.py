@@ -54,7 +54,9 @@ def pretrain_baseline(cfg: BaselineConfig) -> Path:
     env, device = dist.setup(cfg.device)
     images = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
     seed_everything(cfg.seed)
-    bank = cfg.memory_bank or default_memory_bank(len(images), cfg.batch_size)
+    global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
+    # every step enqueues the keys of the whole global batch (all ranks', gathered)
+    bank = cfg.memory_bank or default_memory_bank(len(images), global_batch)
     net = build_method(
         cfg.method,
         cfg.backbone,
@@ -64,9 +66,8 @@ def pretrain_baseline(cfg: BaselineConfig) -> Path:
         memory_bank=bank,
     ).to(device)
     data = Views(images, net.views)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
     opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
     steps_per_epoch, total, warmup = epoch_schedule(len(data), global_batch, cfg)
     start = restore(run, cfg.resume, net, opt)
     model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)

@@ -3,6 +3,7 @@ resume, RNG state, the warm-up + cosine schedule."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -89,6 +90,19 @@ def loop_state(sampler, total: int, warmup: int) -> dict[str, Any]:
     }
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where /proc says it (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and restore (0o077: nothing made meanwhile is open)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
     """write_fn(tmp_path) then fsync and rename over `path`: readers never see a partial file,
     and a failed write (disk full, no permission) leaves the previous file untouched and is
@@ -99,7 +113,9 @@ def atomic_write(path: str | Path, write_fn) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        write_fn(tmp)
+        write_fn(tmp)  # (which may write a new file of its own at tmp)
+        with contextlib.suppress(OSError):  # some network file systems refuse chmod
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs owner-only
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -183,11 +199,14 @@ class NonFiniteGuard:
 class Run:
     """A run folder: config.yaml, metrics.jsonl, checkpoints/step_*.pt."""
 
-    def __init__(self, out: str | Path, cfg: Any, keep: int = 2, rank: int = 0):
+    def __init__(
+        self, out: str | Path, cfg: Any, keep: int = 2, rank: int = 0, world_size: int = 1
+    ):
         if not out:
             raise UserError("no output folder; pass --out DIR")
         self.dir = Path(out)
         self.cfg, self.keep, self.rank = cfg, max(1, keep), rank
+        self.world_size = world_size  # a run resumes on as many processes as it started on
         self.ckpt_dir = self.dir / "checkpoints"
         self.metrics_path = self.dir / "metrics.jsonl"
         if self.checkpoints() and not getattr(cfg, "resume", False):  # checked on every rank
@@ -215,7 +234,9 @@ class Run:
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0:
             return
-        state = dict(state, step=step, rng=rng_state(), config=asdict(self.cfg))
+        state = dict(
+            state, step=step, rng=rng_state(), config=asdict(self.cfg), world_size=self.world_size
+        )
         atomic_save(state, self.ckpt_dir / f"step_{step:08d}.pt")
         for old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
@@ -234,6 +255,7 @@ class Run:
                 )
                 continue
             self._check_same_settings(state.get("config", {}), path)
+            self._check_same_world(state, path)
             self._truncate_metrics(state["step"])
             return state
         self._truncate_metrics(0)  # nothing to resume from: the run starts over
@@ -261,6 +283,21 @@ class Run:
             raise UserError(
                 f"{path} was made with {k}={saved[k]!r}, now {k}={now[k]!r}; resume with the "
                 "same settings, or start a new run in another --out"
+            )
+
+    def _check_same_world(self, state: dict[str, Any], path: Path) -> None:
+        """The global batch, the steps per epoch and each rank's share of the data order
+        all follow from the number of processes, so a run resumes on as many."""
+        saved = state.get("world_size", state.get("sampler", {}).get("world_size", 1))
+        if saved != self.world_size:
+            how = (
+                "in one process, without torchrun"
+                if saved == 1
+                else f"under torchrun with {saved} in all (--nnodes x --nproc_per_node)"
+            )
+            raise UserError(
+                f"{path} was made by {saved} process(es), now {self.world_size}; resume {how}, "
+                "or start a new run in another --out"
             )
 
     def _truncate_metrics(self, step: int) -> None:

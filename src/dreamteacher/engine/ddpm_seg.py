@@ -28,7 +28,7 @@ def train_ddpm_seg(cfg: DDPMSegConfig) -> dict:
         cfg.pixels,
         folder.ignore_index,
     ).to(device)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
     data.save_ids(run, cfg.seed)
     if env.main:
         print(

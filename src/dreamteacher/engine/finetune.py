@@ -44,7 +44,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     if cfg.freeze_backbone:
         net.freeze_backbone()
     net = net.to(device)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
     data.save_ids(run, cfg.seed)
     if env.main:
         print(

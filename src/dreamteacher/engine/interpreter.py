@@ -28,7 +28,7 @@ def train_interpreter(cfg: InterpreterConfig) -> dict:
     seed_everything(cfg.seed)  # same init on every rank
     interp = FeatureInterpreter(teacher.channels, folder.num_classes, cfg.channels, cfg.dropout)
     net = TeacherSegmenter(teacher, interp).to(device)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
     data.save_ids(run, cfg.seed)
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
     steps_per_epoch, steps, warmup = epoch_schedule(len(data.train), global_batch, cfg)

@@ -114,7 +114,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     channels_last = device.type == "cuda"
     if channels_last:
         student = student.to(memory_format=torch.channels_last)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
     opt = torch.optim.AdamW(
         param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas)
     )

@@ -50,7 +50,7 @@ def train_teacher(cfg: TeacherConfig) -> Path:
     }
     seed_everything(cfg.seed)  # same init on every rank
     unet = build_unet(cfg.image_size, cfg.preset, **unet_overrides).to(device)
-    run = Run(cfg.out, cfg, keep=cfg.keep_checkpoints, rank=env.rank)
+    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = build_scheduler(cfg.num_train_timesteps, cfg.beta_schedule)
     acp = scheduler.alphas_cumprod.to(device)

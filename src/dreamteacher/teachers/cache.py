@@ -86,6 +86,8 @@ def build_cache(
             print(f"{out} is already a complete feature cache; nothing to resume")
             return out
         raise UserError(f"{out} already holds a feature cache; choose another --out or delete it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # never replaced: not ours
+        raise UserError(f"{out} exists and is not a feature cache; choose another --out")
     tmp = out.with_name(out.name + ".partial")
     started = (tmp / "progress.json").exists() or (tmp / "meta.json").exists()
     if started and not resume:
@@ -161,8 +163,13 @@ def build_cache(
     }
     atomic_json(info, tmp / "meta.json")  # marks the cache complete
     (tmp / "progress.json").unlink(missing_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        tmp.replace(out)  # onto nothing, or onto an empty folder (a non-empty one was refused)
+    except OSError:
+        raise UserError(
+            f"{out} is no longer empty, so the complete cache stays in {tmp}; "
+            f"move it to another folder and pass that as feature_cache"
+        ) from None
     return out
 
 
