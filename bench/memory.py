@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             for n in args.sizes
         ]
     for r in rows:
-        gpu = ""
+        more = ""
         if "peak_gpu_allocated_mb" in r:
-            gpu = (
+            more = (
                 f", GPU peak {r['peak_gpu_allocated_mb']:.1f} MB allocated "
                 f"({r['peak_gpu_reserved_mb']:.1f} MB reserved)"
             )
@@ -201,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         mode = " from the cache" if "cache_draws" in r else ""
         if r["worker_peak_rss_mb"]:
-            gpu += f", largest worker peak RSS {r['worker_peak_rss_mb']:.1f} MB"
+            more += f", largest worker peak RSS {r['worker_peak_rss_mb']:.1f} MB"
         print(
-            f"{r['images']:>7} images: pretrain{mode}: peak RSS {r['peak_rss_mb']:7.1f} MB{gpu} "
+            f"{r['images']:>7} images: pretrain{mode}: peak RSS {r['peak_rss_mb']:7.1f} MB{more} "
             f"({r['steps']} steps in {r['run_s']:.1f} s on {r['device']})"
         )
     out = Path(args.out)

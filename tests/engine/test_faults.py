@@ -132,20 +132,23 @@ def test_outputs_get_the_umask_permissions_not_owner_only(pretrain_run, tmp_path
 
 
 def test_resume_refuses_another_number_of_processes(tmp_path):
-    """A checkpoint names the number of processes that made it (older ones only in their
-    sampler state); resuming with another number is refused, saying how to resume."""
+    """The loop's state in a checkpoint names the number of processes that made it; resuming
+    with another number is refused, saying how to resume."""
     import dataclasses
 
     cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
-    common.Run(cfg.out, cfg).save_checkpoint(1, {"model": {}})
-    again = dataclasses.replace(cfg, resume=True)
-    with pytest.raises(UserError, match=r"made by 1 process\(es\), now 2; resume in one process"):
-        common.Run(cfg.out, again, world_size=2).load_checkpoint()
-    assert common.Run(cfg.out, again, world_size=1).load_checkpoint()["step"] == 1
-    old = {"model": {}, "sampler": {"world_size": 4}}  # a checkpoint from before the key
-    common.atomic_save(old | {"step": 2, "config": {}}, tmp_path / "r/checkpoints/step_00000002.pt")
-    with pytest.raises(UserError, match=r"made by 4 process\(es\), now 1; resume under torchrun"):
-        common.Run(cfg.out, again).load_checkpoint()
+    for step, made_by in [(1, 1), (2, 4)]:
+        state = {"model": {}, "sampler": {"world_size": made_by}}
+        common.Run(cfg.out, cfg, world_size=made_by).save_checkpoint(step, state)
+        again = dataclasses.replace(cfg, resume=True)
+        now = 2 if made_by == 1 else 1
+        how = "in one process, without torchrun" if made_by == 1 else "under torchrun with 4"
+        with pytest.raises(
+            UserError, match=rf"made by {made_by} process\(es\), now {now}; resume {how}"
+        ):
+            common.Run(cfg.out, again, world_size=now).load_checkpoint()
+        assert common.Run(cfg.out, again, world_size=made_by).load_checkpoint()["step"] == step
+        common.Run(cfg.out, again).checkpoints()[-1].unlink()
 
 
 def test_image_size_not_divisible_by_teacher_stride(scenes, teacher_run, tmp_path):

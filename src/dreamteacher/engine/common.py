@@ -234,9 +234,7 @@ class Run:
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0:
             return
-        state = dict(
-            state, step=step, rng=rng_state(), config=asdict(self.cfg), world_size=self.world_size
-        )
+        state = dict(state, step=step, rng=rng_state(), config=asdict(self.cfg))
         atomic_save(state, self.ckpt_dir / f"step_{step:08d}.pt")
         for old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
@@ -287,8 +285,9 @@ class Run:
 
     def _check_same_world(self, state: dict[str, Any], path: Path) -> None:
         """The global batch, the steps per epoch and each rank's share of the data order
-        all follow from the number of processes, so a run resumes on as many."""
-        saved = state.get("world_size", state.get("sampler", {}).get("world_size", 1))
+        all follow from the number of processes (the loop's state records it with the
+        sampler's), so a run resumes on as many."""
+        saved = state.get("sampler", {}).get("world_size", 1)
         if saved != self.world_size:
             how = (
                 "in one process, without torchrun"
