@@ -2,13 +2,14 @@
 
     python bench/logit_head.py [--device cpu|cuda] [--quick] [--out FILE.json]
 
-Each variant is the student's side of a pretrain step, through the function the pretrain loop
-uses (distill_forward_backward with precomputed teacher targets, so the teacher's pass, the
-same for every variant, is left out) plus the AdamW step: `feature` (no logit head), then
-`mix` and `label` with each logit head (`uper`: UPerNet's 3x3 fusion at stride 4; `light`:
-its 1x1 version computed per level). The soft labels come from a real feature interpreter on
-the targets, inside the step as in pretraining. Variants are timed in interleaved rounds, so a
-drift of the machine's speed hits all alike. Also counts each head's forward MACs per image.
+Each variant is the student's side of a pretrain step, through the functions the pretrain loop
+uses (engine/loop.py forward_backward over pretrain's distill_losses, with precomputed teacher
+targets, so the teacher's pass, the same for every variant, is left out) plus the AdamW step:
+`feature` (no logit head), then `mix` and `label` with each logit head (`uper`: UPerNet's 3x3
+fusion at stride 4; `light`: its 1x1 version computed per level). The soft labels come from a
+real feature interpreter on the targets, inside the step as in pretraining. Variants are timed
+in interleaved rounds, so a drift of the machine's speed hits all alike. Also counts each
+head's forward MACs per image.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from throughput import _time_interleaved, device_label  # bench/ is the script's
 from torch.utils.flop_counter import FlopCounterMode
 
 from dreamteacher.config import LOGIT_HEADS
-from dreamteacher.engine.common import autocast, param_groups
-from dreamteacher.engine.pretrain import distill_forward_backward
+from dreamteacher.engine.loop import forward_backward
+from dreamteacher.engine.pretrain import distill_losses
+from dreamteacher.engine.session import param_groups
+from dreamteacher.runtime import autocast
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from dreamteacher.teachers import create_teacher
 from dreamteacher.teachers.interpreter import FeatureInterpreter
@@ -70,11 +73,17 @@ def run(device_name: str = "cpu", quick: bool = False) -> dict:
         opt = torch.optim.AdamW(param_groups(student, 0.05), lr=1e-4, betas=(0.9, 0.95))
 
         def step(student=student, opt=opt, mode=mode):
+            def micro(model, batch, keys, step):
+                xb, *cached = batch
+                return distill_losses(
+                    model, None, xb, keys, channels_last=channels_last, cached=cached,
+                    interpreter=interp if mode != "feature" else None,
+                )  # fmt: skip
+
             opt.zero_grad(set_to_none=True)
-            distill_forward_backward(
-                student, None, x, list(range(B)), device, channels_last=channels_last,
-                cached=targets, interpreter=interp if mode != "feature" else None,
-            )  # fmt: skip
+            forward_backward(
+                micro, student, (torch.arange(B), x, *targets), 0, 1, 0, device, "auto"
+            )
             opt.step()
 
         steps[name] = step

@@ -28,10 +28,12 @@ import torch
 
 from dreamteacher.data import Indexed, ResumableBatchSampler, unlabeled_images
 from dreamteacher.data.synthetic import make_scenes
-from dreamteacher.engine.common import autocast, make_loader, param_groups
-from dreamteacher.engine.pretrain import distill_forward_backward
-from dreamteacher.engine.randomness import sample_keys
+from dreamteacher.engine.loop import forward_backward
+from dreamteacher.engine.pretrain import distill_losses
+from dreamteacher.engine.session import param_groups
 from dreamteacher.losses import feature_distillation_loss
+from dreamteacher.randomness import sample_keys
+from dreamteacher.runtime import autocast, make_loader
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from dreamteacher.teachers import DiffusionTeacher, create_teacher
 
@@ -161,18 +163,18 @@ def run(
         step_no = [0]
 
         def full_step(model=student, teacher=teacher, source=0):
-            """source 0: the image loader; 1: the loader with cached targets (below)."""
-            idx, x, *cached = next(batches[source])
+            """source 0: the image loader; 1: the loader with cached targets (below). The
+            forward and backward passes are the pretrain loop's (one micro-batch)."""
+
+            def micro(model, batch, keys, step):
+                x, *cached = batch
+                return distill_losses(
+                    model, teacher, x, keys, channels_last=channels_last, cached=cached or None
+                )
+
             opt.zero_grad(set_to_none=True)
-            distill_forward_backward(
-                model,
-                teacher,
-                x,
-                sample_keys(0, step_no[0], idx),
-                device,
-                channels_last=channels_last,
-                cached=cached or None,
-            )
+            batch = next(batches[source])
+            forward_backward(micro, model, batch, step_no[0], 1, 0, device, "auto")
             opt.step()
             step_no[0] += 1
 

@@ -1,10 +1,14 @@
-"""Shared fixtures: a tiny generated mask folder, and a tiny teacher + pretrain run made once
-per session with the real code paths (train-teacher and pretrain at 32 px)."""
+"""Shared fixtures and helpers: a tiny generated mask folder, and a tiny teacher + pretrain run
+made once per session with the real code paths (train-teacher and pretrain at 32 px); the
+settings of those runs for tests that make their own; the list of backbones tested."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,6 +17,45 @@ import dreamteacher as dt
 from dreamteacher.data.synthetic import make_scenes
 
 torch.set_num_threads(2)
+
+# every timm backbone the tests use; tests/student/test_backbone.py is their contract
+BACKBONES = ["resnet18", "resnet50", "convnext_tiny", "test_efficientnet"]
+
+# the session's teacher_run: a tiny UNet, 4 steps at 32 px on the scenes' train split
+TINY_TEACHER: dict[str, Any] = dict(
+    splits=["train"],
+    image_size=[32],
+    preset="tiny",
+    steps=4,
+    batch_size=4,
+    save_every=2,
+    warmup_steps=1,
+    num_samples=4,
+    sample_steps=2,
+    log_every=1,
+    device="cpu",
+)
+
+
+def tiny_pretrain(scenes: Path, teacher: Path, **kw: Any) -> dict[str, Any]:
+    """pretrain's keyword arguments for a resnet18 on the scenes' train split, on the CPU,
+    logging every step (`kw` adds or replaces settings)."""
+    base = dict(
+        data=str(scenes),
+        teacher=str(teacher),
+        splits=["train"],
+        backbone="resnet18",
+        batch_size=4,
+        warmup_epochs=0,
+        log_every=1,
+        device="cpu",
+    )
+    return base | kw
+
+
+def read_log(run: Path) -> list[dict[str, Any]]:
+    """A run's metrics.jsonl, one dict per record."""
+    return [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -53,35 +96,10 @@ def scenes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def teacher_run(scenes, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "teacher"
-    return dt.train_teacher(
-        data=str(scenes),
-        out=str(out),
-        splits=["train"],
-        image_size=[32],
-        preset="tiny",
-        steps=4,
-        batch_size=4,
-        save_every=2,
-        warmup_steps=1,
-        num_samples=4,
-        sample_steps=2,
-        log_every=1,
-        device="cpu",
-    )
+    return dt.train_teacher(data=str(scenes), out=str(out), **TINY_TEACHER)
 
 
 @pytest.fixture(scope="session")
 def pretrain_run(scenes, teacher_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "pretrain"
-    return dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        out=str(out),
-        splits=["train"],
-        backbone="resnet18",
-        epochs=1,
-        batch_size=4,
-        warmup_epochs=0,
-        log_every=1,
-        device="cpu",
-    )
+    return dt.pretrain(out=str(out), **tiny_pretrain(scenes, teacher_run, epochs=1))

@@ -10,6 +10,7 @@ from diffusers import UNet2DModel
 from PIL import Image
 
 from dreamteacher.data.synthetic import CLASSES, make_scenes
+from tests.conftest import read_log
 
 
 def cli(*args):
@@ -97,13 +98,11 @@ def test_cli_end_to_end(tmp_path):
     for name, key in (("teacher", "loss"), ("pretrain", "at_l3"), ("ft", "loss")):
         cfg = yaml.safe_load((runs / name / "config.yaml").read_text())
         assert cfg["out"] == str(runs / name)
-        lines = [json.loads(x) for x in (runs / name / "metrics.jsonl").read_text().splitlines()]
+        lines = read_log(runs / name)
         assert lines and key in lines[-1]
     pre_cfg = yaml.safe_load((runs / "pretrain" / "config.yaml").read_text())
     assert pre_cfg["t"] == [50, 100] and pre_cfg["image_size"] == [32, 32]
-    pre_log = [
-        json.loads(x) for x in (runs / "pretrain" / "metrics.jsonl").read_text().splitlines()
-    ]
+    pre_log = read_log(runs / "pretrain")
     assert {"mse", "at", "mse_l0", "at_l0", "loss"} <= set(pre_log[0])
     # finetune result
     m = json.loads((runs / "ft" / "metrics.json").read_text())

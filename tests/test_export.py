@@ -51,30 +51,6 @@ def test_export_strict_roundtrip(pretrain_run, tmp_path):
     assert helper.num_classes == 0 and torch.equal(helper.conv1.weight, sd["conv1.weight"])
 
 
-def test_export_convnext_keys(tmp_path):
-    """convnext's head (norm + fc) is pruned in training and restored at export."""
-    bb = Backbone("convnext_tiny")
-    torch.save(
-        {
-            "backbone": "convnext_tiny",
-            "strides": [4, 8, 16, 32],
-            "image_size": [64, 64],
-            "backbone_state": bb.state_dict_for_export(),
-        },
-        tmp_path / "final.pt",
-    )
-    out = dt.export(tmp_path, tmp_path / "bb")
-    sd = load_file(str(out / "model.safetensors"))
-    timm.create_model("convnext_tiny").load_state_dict(sd, strict=True)
-    cfg = json.loads((out / "config.json").read_text())
-    assert set(cfg["untrained_keys"]) == {
-        "head.norm.weight",
-        "head.norm.bias",
-        "head.fc.weight",
-        "head.fc.bias",
-    }
-
-
 def test_export_without_pretrain(tmp_path):
     with pytest.raises(UserError, match="final.pt not found"):
         dt.export(tmp_path, tmp_path / "bb")

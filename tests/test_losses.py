@@ -1,4 +1,4 @@
-"""Losses against hand-computed values (METHOD.md section 3)."""
+"""Losses against hand-computed values (docs/method.md, "Losses")."""
 
 import math
 
@@ -90,7 +90,7 @@ def test_teacher_resized_bilinearly_to_student():
     assert r[0, 0, 0, 0].item() == pytest.approx((0 + 1 + 4 + 5) / 4)
 
 
-# label distillation (METHOD.md section 4)
+# label distillation (docs/method.md, "Label distillation and mix distillation")
 
 
 def _softmax(v):

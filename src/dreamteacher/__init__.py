@@ -2,8 +2,7 @@
 (DreamTeacher, Li et al., ICCV 2023)."""
 
 from dreamteacher.api import (
-    benchmark,
-    demo,
+    cache_features,
     export,
     finetune,
     pretrain,
@@ -12,6 +11,8 @@ from dreamteacher.api import (
     train_interpreter,
     train_teacher,
 )
+from dreamteacher.benchmarking import benchmark
+from dreamteacher.demo import demo
 from dreamteacher.errors import UserError
 from dreamteacher.export import load_backbone
 
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "UserError",
     "benchmark",
+    "cache_features",
     "demo",
     "export",
     "finetune",

@@ -10,6 +10,7 @@
 
 Each takes the config keys as keyword arguments, plus `config=` (a YAML file) and
 `overrides=` (["key=value", ...]); precedence: defaults < config < kwargs < overrides.
+(`dt.benchmark` and `dt.demo` run these: benchmarking/ and demo.py.)
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from dreamteacher.config import (
 )
 from dreamteacher.export import export as _export
 
+Options = list[str] | dict[str, Any] | None
+
 
 def train_teacher(
     data: str | None = None,
     out: str | None = None,
     *,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> Path:
     """Train a diffusion teacher on every image under `data`; returns the run folder."""
@@ -49,22 +52,14 @@ def pretrain(
     teacher: str | None = None,
     out: str | None = None,
     *,
-    backbone: str | None = None,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> Path:
     """Distil `teacher` into a timm `backbone` (mode="feature", the default; "label" or "mix"
     with `interpreter=` a train-interpreter folder); returns the run folder."""
     cfg = build_config(
-        PretrainConfig,
-        config,
-        overrides,
-        data=data,
-        teacher=teacher,
-        out=out,
-        backbone=backbone,
-        **kwargs,
+        PretrainConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
     )
     return engine.pretrain(cfg)
 
@@ -75,7 +70,7 @@ def cache_features(
     out: str | None = None,
     *,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> Path:
     """Store K teacher encodings per image for `pretrain(feature_cache=...)`."""
@@ -94,23 +89,13 @@ def finetune(
     data: str | None = None,
     out: str | None = None,
     *,
-    backbone: str | None = None,
-    weights: str | None = None,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> dict:
-    """Fine-tune for segmentation and evaluate; returns metrics.json's content."""
-    cfg = build_config(
-        FinetuneConfig,
-        config,
-        overrides,
-        data=data,
-        out=out,
-        backbone=backbone,
-        weights=weights,
-        **kwargs,
-    )
+    """Fine-tune `backbone` with `weights` (an export folder, or "scratch") for segmentation
+    and evaluate; returns metrics.json's content."""
+    cfg = build_config(FinetuneConfig, config, overrides, data=data, out=out, **kwargs)
     return engine.finetune(cfg)
 
 
@@ -120,17 +105,15 @@ def train_interpreter(
     out: str | None = None,
     *,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> dict:
     """Train the feature interpreter on `teacher`'s features of `labels` labelled images of the
     mask folder `data` and evaluate it; returns metrics.json's content."""
-    from dreamteacher.engine.interpreter import train_interpreter as _run
-
     cfg = build_config(
         InterpreterConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
     )
-    return _run(cfg)
+    return engine.train_interpreter(cfg)
 
 
 def train_ddpm_seg(
@@ -139,66 +122,27 @@ def train_ddpm_seg(
     out: str | None = None,
     *,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> dict:
     """The DDPM-seg baseline (per-pixel MLP ensemble on `teacher`'s features) on `labels`
     labelled images of `data`, evaluated; returns metrics.json's content."""
-    from dreamteacher.engine.ddpm_seg import train_ddpm_seg as _run
-
     cfg = build_config(
         DDPMSegConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
     )
-    return _run(cfg)
+    return engine.train_ddpm_seg(cfg)
 
 
 def pretrain_baseline(
     data: str | None = None,
     out: str | None = None,
     *,
-    method: str | None = None,
-    backbone: str | None = None,
     config: str | None = None,
-    overrides: list[str] | None = None,
+    overrides: Options = None,
     **kwargs: Any,
 ) -> Path:
-    """Train a self-supervised baseline (simclr, mocov2, byol, densecl; needs lightly) on the
-    images under `data`; returns the run folder, which `export` turns into timm weights."""
-    from dreamteacher.engine.baseline import pretrain_baseline as _run
-
-    cfg = build_config(
-        BaselineConfig,
-        config,
-        overrides,
-        data=data,
-        out=out,
-        method=method,
-        backbone=backbone,
-        **kwargs,
-    )
-    return _run(cfg)
-
-
-def benchmark(
-    data: str | None = None,
-    out: str | None = None,
-    *,
-    profile: str = "cpu",
-    config: str | None = None,
-    overrides: list[str] | None = None,
-    **kwargs: Any,
-) -> dict:
-    """The label-efficient benchmark (DreamTeacher vs baselines); returns results.json's
-    content. Finished cells in `out` are reused."""
-    from dreamteacher.benchmarking.config import build_benchmark_config
-    from dreamteacher.benchmarking.run import run_benchmark
-
-    cfg = build_benchmark_config(profile, config, overrides, data=data, out=out, **kwargs)
-    return run_benchmark(cfg)
-
-
-def demo(out: str = "runs/demo", **kwargs: Any) -> dict:
-    """The whole pipeline on procedurally generated scenes; returns results.json's content."""
-    from dreamteacher.demo import run_demo
-
-    return run_demo(out, **kwargs)
+    """Train a self-supervised baseline (`method`: simclr, mocov2, byol, densecl; needs
+    lightly) on the images under `data`; returns the run folder, which `export` turns into
+    timm weights."""
+    cfg = build_config(BaselineConfig, config, overrides, data=data, out=out, **kwargs)
+    return engine.pretrain_baseline(cfg)

@@ -1,6 +1,10 @@
 """Typed run configs: dataclass defaults <- YAML file <- CLI flags <- `key=value` overrides.
 
-Every run folder gets the resolved config as `config.yaml`.
+A command's config is assembled from groups declared once (`Common`, `TrainOptions`, the
+schedule, the teacher's features, the labelled subset, the student); a command redeclares a
+field only to give it its own default. `FLAGS` names the keys that are also command-line
+flags (cli.py generates them from these fields). Every run folder gets the resolved config
+as `config.yaml`.
 """
 
 from __future__ import annotations
@@ -16,41 +20,143 @@ from typing import Any, TypeVar
 import yaml
 
 from dreamteacher.errors import UserError
+from dreamteacher.losses import DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
+
+# Defaults that several commands (and the benchmark) share, each declared once here.
+STRIDES = [4, 8, 16, 32]  # the feature levels distilled: the student's C2..C5
+T = [50]  # the diffusion step(s) at which the teacher is read (docs/method.md, "Teacher")
+DDPM_SEG_T = [50, 150, 250]  # DDPM-seg's concatenated steps (docs/method.md, "DDPM-seg")
+IMAGE_SIZE = [64, 64]  # H, W for commands that have no teacher to take the size from
+BACKBONE = "resnet50"
+ADAM_BETAS = [0.9, 0.999]  # torch's AdamW default
+PRETRAIN_BETAS = [0.9, 0.95]  # for distillation and SSL pretraining (as in MAE)
+MODES = ("feature", "label", "mix")  # pretrain's distillation modes (docs/method.md)
+# the label/mix student's logit head (student/regressor.py): UPerNet's 3x3 fusion at stride 4,
+# or its 1x1 version computed per level (student/decoder.py LevelwiseLogits)
+LOGIT_HEADS = ("uper", "light")
+
+# config keys that are also command-line flags (--image-size for image_size), with their help;
+# each command gets those of its config's fields
+FLAGS: dict[str, str] = {
+    "data": "input folder (images; a mask folder for finetune, train-interpreter, ...)",
+    "out": "folder to write",
+    "teacher": "train-teacher run folder or a diffusers UNet folder",
+    "t": "diffusion step(s) t at which the teacher is read",
+    "backbone": "timm model name, e.g. resnet50",
+    "weights": "exported backbone folder, or 'scratch'",
+    "labels": "number of labelled training images",
+    "mode": "feature (default), label or mix distillation",
+    "interpreter": "train-interpreter run folder (label and mix modes)",
+    "method": "simclr, mocov2, byol or densecl",
+    "preset": "UNet size: tiny, small or base",
+    "profile": "smoke, cpu or gpu",
+    "image_size": "input size: one number (square) or H W",
+    "batch_size": "images per step and process",
+    "epochs": "passes over the data",
+    "steps": "optimizer steps",
+    "seed": "random seed",
+    "save_every": "steps between checkpoints (cache-features: batches between progress records)",
+    "resume": "continue from the last checkpoint in --out",
+    "device": "cpu, cuda or auto (default)",
+    "strict": "fail on an unreadable or unmatched input file instead of skipping it",
+}
+
+
+def _list(default: list) -> Any:
+    return field(default_factory=lambda: list(default))
 
 
 @dataclass
-class RunOptions:
-    """Settings every training command shares (checkpoints, devices, DDP, input policy)."""
+class Common:
+    """Every command: its input and output, the batch, and how it runs."""
 
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
-    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
-    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    compile: bool = False  # torch.compile the trained model
+    data: str = ""
+    out: str = ""
+    image_size: list[int] | None = None  # H, W; None: the teacher's training resolution
+    batch_size: int = 16
     seed: int = 0
     device: str = "auto"
-    resume: bool = False
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    num_workers: int = -1  # -1 = auto: 0 on CPU, up to 8 per GPU
     strict: bool = False  # fail on a bad input file instead of skipping it (docs/data.md)
+    resume: bool = False
+    save_every: int = 500
+
+
+@dataclass
+class TrainOptions(Common):
+    """Every training command: what the loop reads (engine/loop.py) and its AdamW."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: list[float] = _list(ADAM_BETAS)
+    accum_steps: int = 1  # micro-batches per optimizer step (global batch = batch x ranks x this)
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
+    compile: bool = False  # torch.compile the trained model
     max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
 
 
 @dataclass
-class TeacherConfig(RunOptions):
+class BySteps:
+    """A schedule counted in optimizer steps."""
+
+    steps: int = 1000
+    warmup_steps: int = 50
+
+
+@dataclass
+class ByEpochs:
+    """A schedule counted in passes over the data."""
+
+    epochs: int = 100
+    max_steps: int | None = None  # stop (and end the lr schedule) after this many steps
+    warmup_epochs: float = 20.0
+
+
+@dataclass
+class Unlabeled:
+    """Commands that read unlabeled images."""
+
+    splits: list[str] | None = None  # with a mask folder as data: use only these splits' images
+
+
+@dataclass
+class Labelled:
+    """Commands trained on N labelled images of a mask folder and evaluated on its test split."""
+
+    labels: int | None = None  # N labelled training images (None = all)
+    eval_split: str = "auto"  # test if present, else val
+    eval_batch_size: int = 8
+
+
+@dataclass
+class TeacherFeatures:
+    """Commands that read a frozen teacher's features (teachers/)."""
+
+    teacher: str = ""
+    t: list[int] = _list(T)  # each sample draws one t from the list
+    strides: list[int] = _list(STRIDES)
+
+
+@dataclass
+class StudentOptions:
+    """Commands that train a timm backbone."""
+
+    backbone: str = BACKBONE
+
+
+@dataclass
+class TeacherConfig(Unlabeled, BySteps, TrainOptions):
     """`train-teacher`: a DDPM (diffusers UNet2DModel + DDPMScheduler) on a folder of images."""
 
-    data: str = ""
-    out: str = ""
-    splits: list[str] | None = None  # with a mask folder as data: use only these splits' images
-    image_size: list[int] = field(default_factory=lambda: [64, 64])  # H, W
+    image_size: list[int] = _list(IMAGE_SIZE)
     preset: str = "tiny"  # UNet size: tiny | small | base
     block_out_channels: list[int] | None = None  # overrides the preset
     layers_per_block: int | None = None  # overrides the preset
     attention_levels: list[int] | None = None  # encoder levels with self-attention
     steps: int = 2000
-    batch_size: int = 16
     lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
@@ -61,39 +167,22 @@ class TeacherConfig(RunOptions):
     sample_steps: int = 50  # DDIM steps used to draw the sample grid
 
 
-# the label/mix student's logit head (student/regressor.py): UPerNet's 3x3 fusion at stride 4,
-# or its 1x1 version computed per level (student/decoder.py LevelwiseLogits)
-LOGIT_HEADS = ("uper", "light")
-
-
 @dataclass
-class PretrainConfig(RunOptions):
-    """`pretrain`: feature distillation of a teacher into a timm backbone (METHOD.md 1-3, 5)."""
+class PretrainConfig(StudentOptions, TeacherFeatures, Unlabeled, ByEpochs, TrainOptions):
+    """`pretrain`: feature distillation of a teacher into a timm backbone (docs/method.md,
+    "Student and regressor", "Losses", "Pretraining recipe")."""
 
-    data: str = ""
-    teacher: str = ""
-    out: str = ""
-    splits: list[str] | None = None  # with a mask folder as data: use only these splits' images
-    backbone: str = "resnet50"
-    image_size: list[int] | None = None  # default: the teacher's training resolution
-    epochs: int = 100
-    max_steps: int | None = None  # stop (and end the lr schedule) after this many steps
-    batch_size: int = 16
     lr: float = 4e-3
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_epochs: float = 20.0
-    t: list[int] = field(default_factory=lambda: [50])  # each sample draws one t from the list
-    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
-    lambda_at: float = 10.0
+    betas: list[float] = _list(PRETRAIN_BETAS)
+    lambda_at: float = LAMBDA_AT
     regressor_channels: int = 256
     feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
-    # label distillation (METHOD.md section 4): feature | label | mix
-    mode: str = "feature"
+    # label distillation (docs/method.md, "Label distillation and mix distillation")
+    mode: str = "feature"  # feature | label | mix
     interpreter: str | None = None  # a train-interpreter folder (label and mix modes)
-    lambda_ld: float = 1.0  # L_mix = L_feat + lambda_ld * L_ld
-    tau: float = 4.0  # softmax temperature of L_ld
+    lambda_ld: float = LAMBDA_LD  # L_mix = L_feat + lambda_ld * L_ld
+    tau: float = TAU  # softmax temperature of L_ld
     tau_squared: bool = True  # multiply L_ld by tau^2 (Hinton et al. 2015; docs/method.md)
     # the student's logit head (label, mix): uper = UPerNet's 3x3 fusion at stride 4; light =
     # a 1x1 fusion computed per level, about 26x fewer MACs (student/decoder.py)
@@ -101,116 +190,66 @@ class PretrainConfig(RunOptions):
 
 
 @dataclass
-class InterpreterConfig(RunOptions):
+class InterpreterConfig(TeacherFeatures, Labelled, ByEpochs, TrainOptions):
     """`train-interpreter`: the feature interpreter on a frozen teacher's features of N
-    labelled images (METHOD.md section 4); evaluates itself on the test split."""
+    labelled images (docs/method.md, "Label distillation and mix distillation"); evaluates
+    itself on the test split."""
 
-    data: str = ""  # a mask folder
-    teacher: str = ""
-    out: str = ""
-    labels: int | None = None  # N labelled training images (None = all)
-    image_size: list[int] | None = None  # default: the teacher's training resolution
-    epochs: int = 100
-    max_steps: int | None = None
-    warmup_epochs: float = 20.0
     batch_size: int = 8
     lr: float = 4e-3
-    weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    t: list[int] = field(default_factory=lambda: [50])
-    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    betas: list[float] = _list(PRETRAIN_BETAS)
     channels: int = 256
     dropout: float = 0.1
-    dice_weight: float = 3.0  # loss = CE + dice_weight x Dice
-    eval_split: str = "auto"
-    eval_batch_size: int = 8
+    dice_weight: float = DICE_WEIGHT  # loss = CE + dice_weight x Dice
 
 
 @dataclass
-class DDPMSegConfig(RunOptions):
+class DDPMSegConfig(TeacherFeatures, Labelled, BySteps, TrainOptions):
     """`train-ddpm-seg`: the DDPM-seg baseline (Baranchuk et al. 2022), an ensemble of
     per-pixel MLPs on upsampled, concatenated teacher features at several t. Pixels are
     streamed: memory does not grow with the number of images."""
 
-    data: str = ""
-    teacher: str = ""
-    out: str = ""
-    labels: int | None = None
-    image_size: list[int] | None = None  # default: the teacher's training resolution
-    t: list[int] = field(default_factory=lambda: [50, 150, 250])
-    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    t: list[int] = _list(DDPM_SEG_T)
     ensemble: int = 10
-    hidden: list[int] = field(default_factory=lambda: [256, 128])
-    steps: int = 1000
+    hidden: list[int] = _list([256, 128])
     batch_size: int = 4  # images per step
     pixels: int = 1024  # labelled pixels drawn per image and step, for each MLP
-    lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    eval_split: str = "auto"
     eval_batch_size: int = 4
 
 
 @dataclass
-class CacheConfig:
+class CacheConfig(TeacherFeatures, Unlabeled, Common):
     """`cache-features`: K teacher encodings per image, stored once for pretrain to reuse."""
 
-    data: str = ""
-    teacher: str = ""
-    out: str = ""
-    splits: list[str] | None = None
-    image_size: list[int] | None = None  # default: the teacher's training resolution
     draws: int = 4  # encodings per image (odd draws are of the flipped image)
-    t: list[int] = field(default_factory=lambda: [50])
-    strides: list[int] = field(default_factory=lambda: [4, 8, 16, 32])
     batch_size: int = 32
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on CUDA, as pretrain encodes online) | fp32 | bf16
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
-    num_workers: int = -1  # image decoding workers; -1 = auto (0 on CPU, up to 8 per GPU)
     save_every: int = 50  # batches between progress records (what --resume continues from)
-    resume: bool = False  # continue an interrupted build in OUT.partial
-    strict: bool = False
 
 
 @dataclass
-class FinetuneConfig(RunOptions):
+class FinetuneConfig(StudentOptions, Labelled, BySteps, TrainOptions):
     """`finetune`: semantic segmentation with a UPerNet head, all weights trainable."""
 
-    data: str = ""
-    out: str = ""
-    backbone: str = "resnet50"
     weights: str = "scratch"  # an exported backbone folder, or "scratch"
-    labels: int | None = None  # N labelled training images (None = all)
-    image_size: list[int] = field(default_factory=lambda: [64, 64])
-    steps: int = 1000
+    image_size: list[int] = _list(IMAGE_SIZE)
     batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
     head_channels: int = 256
-    eval_split: str = "auto"  # test if present, else val
-    eval_batch_size: int = 8
     freeze_backbone: bool = False  # train the head only (a readout of the pretrained features)
 
 
 @dataclass
-class BaselineConfig(RunOptions):
+class BaselineConfig(StudentOptions, Unlabeled, ByEpochs, TrainOptions):
     """`pretrain-baseline`: a self-supervised baseline (SimCLR, MoCo v2, BYOL, DenseCL) from the
     lightly library, trained on the same images at the same size; output exports like pretrain."""
 
-    data: str = ""
-    out: str = ""
     method: str = "simclr"  # simclr | mocov2 | byol | densecl
-    splits: list[str] | None = None
-    backbone: str = "resnet50"
-    image_size: list[int] = field(default_factory=lambda: [64, 64])
-    epochs: int = 100
-    max_steps: int | None = None
+    image_size: list[int] = _list(IMAGE_SIZE)
     batch_size: int = 32
     lr: float = 2e-3
-    weight_decay: float = 0.05
+    betas: list[float] = _list(PRETRAIN_BETAS)
     warmup_epochs: float = 2.0
     temperature: float | None = None  # default: the method's (SimCLR 0.5, MoCo/DenseCL 0.2)
     memory_bank: int | None = None  # MoCo/DenseCL queue; default min(4096, half the images)
@@ -343,11 +382,3 @@ def normalize_size(size: int | list[int]) -> list[int]:
     if len(size) != 2 or min(size) <= 0:
         raise UserError(f"image_size must be one or two positive numbers (H W), got {size}")
     return [int(size[0]), int(size[1])]
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-
-
-def load_config_dict(path: str | Path) -> dict[str, Any]:
-    return yaml.safe_load(Path(path).read_text()) or {}

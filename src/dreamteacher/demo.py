@@ -7,62 +7,60 @@ results.json / results.md.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dreamteacher import api
+from dreamteacher.config import build_config
 from dreamteacher.data.synthetic import make_scenes
-from dreamteacher.engine.common import atomic_json
-
-DEFAULTS: dict[str, Any] = {
-    "image_size": [48, 48],
-    "num_images": 600,  # 75 % train (unlabeled pool), 25 % test
-    "labels": 20,
-    "backbone": "resnet18",
-    "teacher_steps": 700,
-    "teacher_batch_size": 16,
-    "teacher_lr": 1e-3,  # at this short budget 1e-3 beat 2e-4 (docs/benchmarks.md)
-    "pretrain_epochs": 20,
-    "finetune_steps": 300,
-    "batch_size": 16,
-    "seed": 0,
-    "device": "auto",
-}
+from dreamteacher.runfiles import atomic_json
 
 
-def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
-    s = dict(DEFAULTS)
-    unknown = set(overrides) - set(s)
-    if unknown:
-        from dreamteacher.errors import UserError
+@dataclass
+class DemoConfig:
+    """`demo`: its settings, checked like every command's (`key=value` overrides)."""
 
-        raise UserError(f"unknown demo setting '{sorted(unknown)[0]}'; valid: {', '.join(s)}")
-    for k, v in overrides.items():
-        if v is None:
-            continue
-        want = type(s[k])
-        if want is list:
-            v = [v, v] if isinstance(v, int) else v
-            ok = isinstance(v, list) and len(v) == 2 and all(isinstance(x, int) for x in v)
-        else:
-            ok = isinstance(v, want) or (want is float and isinstance(v, int))
-        if not ok or isinstance(v, bool) != (want is bool):
-            from dreamteacher.errors import UserError
+    out: str = "runs/demo"
+    image_size: list[int] = field(default_factory=lambda: [48, 48])
+    num_images: int = 600  # 75 % train (unlabeled pool), 25 % test
+    labels: int = 20
+    backbone: str = "resnet18"
+    teacher_steps: int = 700
+    teacher_batch_size: int = 16
+    teacher_lr: float = 1e-3  # at this short budget 1e-3 beat 2e-4 (docs/benchmarks.md)
+    pretrain_epochs: int = 20
+    finetune_steps: int = 300
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
 
-            raise UserError(f"demo setting '{k}' must be like {s[k]!r}, got {v!r}")
-        s[k] = v
-    out = Path(out)
+
+def demo(
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict:
+    """The whole pipeline on procedurally generated scenes; returns results.json's content."""
+    return run_demo(build_config(DemoConfig, config, overrides, out=out, **kwargs))
+
+
+def run_demo(s: DemoConfig) -> dict:
+    out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     times: dict[str, float] = {}
-    common = {"seed": s["seed"], "device": s["device"], "resume": True}
+    common = {"seed": s.seed, "device": s.device, "resume": True}
 
     t = time.time()
-    data = make_scenes(out / "data", n=s["num_images"], image_size=s["image_size"], seed=s["seed"])
+    data = make_scenes(out / "data", n=s.num_images, image_size=s.image_size, seed=s.seed)
     times["make-data"] = time.time() - t
 
     t = time.time()
@@ -70,11 +68,12 @@ def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
         data=str(data),
         out=str(out / "teacher"),
         splits=["train"],
-        image_size=s["image_size"],
+        image_size=s.image_size,
         preset="tiny",
-        steps=s["teacher_steps"],
-        batch_size=s["teacher_batch_size"],
-        save_every=max(1, s["teacher_steps"] // 4),
+        steps=s.teacher_steps,
+        batch_size=s.teacher_batch_size,
+        lr=s.teacher_lr,
+        save_every=max(1, s.teacher_steps // 4),
         warmup_steps=50,
         **common,
     )
@@ -86,9 +85,9 @@ def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
         teacher=str(teacher),
         out=str(out / "pretrain"),
         splits=["train"],
-        backbone=s["backbone"],
-        epochs=s["pretrain_epochs"],
-        batch_size=s["batch_size"],
+        backbone=s.backbone,
+        epochs=s.pretrain_epochs,
+        batch_size=s.batch_size,
         warmup_epochs=1,
         save_every=200,
         **common,
@@ -99,20 +98,20 @@ def run_demo(out: str | Path = "runs/demo", **overrides: Any) -> dict:
     bb = api.export(pre, out / "backbone")
     times["export"] = time.time() - t
 
-    results: dict[str, Any] = {"settings": s, "runs": {}}
+    results: dict[str, Any] = {"settings": dataclasses.asdict(s), "runs": {}}
     for name, weights in (("dreamteacher", str(bb)), ("scratch", "scratch")):
         t = time.time()
         m = api.finetune(
             data=str(data),
             out=str(out / f"finetune_{name}"),
-            backbone=s["backbone"],
+            backbone=s.backbone,
             weights=weights,
-            labels=s["labels"],
-            image_size=s["image_size"],
-            steps=s["finetune_steps"],
-            batch_size=s["batch_size"],
+            labels=s.labels,
+            image_size=s.image_size,
+            steps=s.finetune_steps,
+            batch_size=s.batch_size,
             warmup_steps=20,
-            save_every=s["finetune_steps"],
+            save_every=s.finetune_steps,
             **common,
         )
         times[f"finetune-{name}"] = time.time() - t

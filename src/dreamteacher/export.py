@@ -1,7 +1,7 @@
 """export: the bare backbone as timm weights (BB/model.safetensors + BB/config.json).
 
 The file holds every key of `timm.create_model(name)`, so `load_state_dict(strict=True)` works.
-The classifier was never trained (pretraining has no labels): its weights are timm's fresh
+The head was never trained (pretraining has no labels): its weights are timm's fresh
 initialisation (seed 0) and config.json lists them under `untrained_keys`; replace the head
 for your task (`model.reset_classifier(K)`) or build the model with `num_classes=0` and load
 with strict=False.
@@ -16,8 +16,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from dreamteacher.engine.common import atomic_json, atomic_write
 from dreamteacher.errors import UserError
+from dreamteacher.runfiles import atomic_json, atomic_write
+from dreamteacher.student import Backbone
 
 
 def export(run: str | Path, out: str | Path) -> Path:
@@ -33,13 +34,13 @@ def export(run: str | Path, out: str | Path) -> Path:
             f"{final} is unreadable ({type(e).__name__}); re-run pretrain with "
             "--resume to rewrite it"
         ) from None
+    # what pretraining trains: the model without the head that Backbone prunes (fc for a
+    # ResNet; norm + fc for a ConvNeXt; conv_head, bn2 and classifier for an EfficientNet)
+    trained = set(Backbone(name, state["strides"]).model.state_dict())
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False)
     missing, unexpected = model.load_state_dict(state["backbone_state"], strict=False)
-    clf = model.pretrained_cfg.get("classifier") or "fc"
-    clf = clf if isinstance(clf, str) else clf[0]
-    head_prefix = clf.split(".")[0] + "."  # e.g. fc. (resnet), head. (convnext: norm + fc)
-    bad = [k for k in missing if not k.startswith(head_prefix)]
+    bad = [k for k in missing if k in trained]
     if unexpected or bad:
         raise UserError(
             f"{final} does not match timm '{name}' (missing {bad[:3]}, unexpected "

@@ -1,4 +1,4 @@
-"""DreamTeacher losses (METHOD.md sections 3 and 4).
+"""DreamTeacher losses (docs/method.md, "Losses" and "Label distillation and mix distillation").
 
 L_feat = L_mse + lambda_AT * L_AT with lambda_AT = 10, both averaged over the feature levels;
 L_ld, the label distillation loss, and the interpreter's CE + Dice.
@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# the paper's weights (config.py's defaults read them from here)
+LAMBDA_AT = 10.0  # of L_AT in L_feat
+LAMBDA_LD = 1.0  # of L_ld in L_mix
+TAU = 4.0  # softmax temperature of L_ld
+DICE_WEIGHT = 3.0  # of Dice in the interpreter's CE + Dice
 
 
 def whiten(f: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -39,12 +45,12 @@ def attention_map(f: torch.Tensor, p: int = 2) -> torch.Tensor:
 def at_level(student: torch.Tensor, teacher_raw: torch.Tensor, p: int = 2) -> torch.Tensor:
     """One level of L_AT: mean over B, H*W of (Q_s - Q_t)^2. The teacher's map comes from its
     RAW features: after whitening every pixel has the same channel energy (sum_c A_c^2 = C),
-    so the whitened map would be constant (METHOD.md section 3)."""
+    so the whitened map would be constant (docs/method.md, "Losses")."""
     return (attention_map(student, p) - attention_map(teacher_raw, p)).pow(2).mean()
 
 
 def feature_distillation_loss(
-    student: list[torch.Tensor], teacher_raw: list[torch.Tensor], lambda_at: float = 10.0
+    student: list[torch.Tensor], teacher_raw: list[torch.Tensor], lambda_at: float = LAMBDA_AT
 ) -> dict[str, torch.Tensor]:
     """L_feat = L_mse + lambda_AT * L_AT; returns the total, each term and each level's terms."""
     out: dict[str, torch.Tensor] = {}
@@ -60,13 +66,13 @@ def feature_distillation_loss(
     return out
 
 
-# Label distillation (METHOD.md section 4)
+# Label distillation (docs/method.md, "Label distillation and mix distillation")
 
 
 def label_distillation_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
-    tau: float = 4.0,
+    tau: float = TAU,
     tau_squared: bool = True,
 ) -> torch.Tensor:
     """L_ld = H(softmax(z_t / tau), softmax(z_s / tau)), the cross-entropy between the
@@ -99,9 +105,13 @@ def dice_loss(
 
 
 def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, dice_weight: float = 3.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore_index: int = 255,
+    dice_weight: float = DICE_WEIGHT,
 ) -> dict[str, torch.Tensor]:
-    """The feature interpreter's loss, CE + 3 x Dice (METHOD.md section 4)."""
+    """The feature interpreter's loss, CE + 3 x Dice (docs/method.md, "Label distillation and
+    mix distillation")."""
     ce = F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
     dice = dice_loss(logits, target, ignore_index)
     return {"loss": ce + dice_weight * dice, "ce": ce, "dice": dice}
@@ -112,13 +122,14 @@ def mix_distillation_loss(
     teacher_raw: list[torch.Tensor],
     student_logits: torch.Tensor | None = None,
     teacher_logits: torch.Tensor | None = None,
-    lambda_at: float = 10.0,
-    lambda_ld: float = 1.0,
-    tau: float = 4.0,
+    lambda_at: float = LAMBDA_AT,
+    lambda_ld: float = LAMBDA_LD,
+    tau: float = TAU,
     tau_squared: bool = True,
 ) -> dict[str, torch.Tensor]:
     """L = L_feat (when there are feature predictions) + lambda_ld * L_ld (when there are
-    logits): feature distillation, label distillation, or both ("mix", METHOD.md section 4)."""
+    logits): feature distillation, label distillation, or both ("mix"; docs/method.md, "Label
+    distillation and mix distillation")."""
     out: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=teacher_raw[0].device if teacher_raw else None)
     if preds:

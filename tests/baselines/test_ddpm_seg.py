@@ -11,6 +11,7 @@ import torch
 
 from dreamteacher.baselines.ddpm_seg import DDPMSeg
 from dreamteacher.teachers import create_teacher
+from tests.conftest import read_log
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ def test_train_ddpm_seg_end_to_end(scenes, teacher_run, tmp_path):
         device="cpu",
     )
     assert m["labels"] == 8 and m["split"] == "test" and 0 <= m["miou"] <= 100
-    log = [json.loads(x) for x in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    log = read_log(tmp_path / "d")
     first = sum(r["loss"] for r in log[:3]) / 3
     last = sum(r["loss"] for r in log[-3:]) / 3
     assert len(log) == 30 and last < 0.8 * first, (first, last)

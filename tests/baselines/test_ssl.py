@@ -15,6 +15,7 @@ from dreamteacher import api
 from dreamteacher.baselines.ssl import METHODS, build_method, momentum_at
 from dreamteacher.engine.baseline import default_memory_bank
 from dreamteacher.errors import UserError
+from tests.conftest import read_log
 
 
 def test_momentum_schedule_is_cosine_from_start_to_one():
@@ -80,7 +81,7 @@ def test_pretrain_baseline_exports_timm_weights(scenes, tmp_path):
         log_every=1,
         device="cpu",
     )
-    logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    logs = read_log(run)
     assert [r["step"] for r in logs] == [1, 2, 3, 4] and logs[-1]["images_seen"] == 16
     bb = dt.export(run, tmp_path / "bb")
     assert json.loads((bb / "config.json").read_text())["method"] == "mocov2"

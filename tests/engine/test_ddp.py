@@ -10,6 +10,8 @@ import sys
 import pytest
 import torch
 
+from tests.conftest import read_log
+
 
 def _cli(args, launcher=()):
     p = subprocess.run(
@@ -127,8 +129,8 @@ def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path, capsys)
     # near-zero gradients, so compare norms: the runs agree to 1 % of the distance travelled
     assert diff < 0.01 * moved, (diff, moved)
     # rank 0 alone logs: one line per step, and the logged losses agree
-    la = [json.loads(x) for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    la = read_log(tmp_path / "single")
+    lb = read_log(tmp_path / "ddp")
     assert [r["step"] for r in lb] == [1, 2, 3, 4] and len(la) == len(lb)
     assert all(abs(x["loss"] - y["loss"]) < 1e-4 for x, y in zip(la, lb, strict=True))
     assert ("ld" in la[0]) == (mode == "mix")

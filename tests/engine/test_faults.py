@@ -2,15 +2,15 @@
 
 import errno
 import importlib
-import json
 
 import pytest
 import torch
 
 import dreamteacher as dt
-import dreamteacher.engine.common as common
+import dreamteacher.runfiles as runfiles
 from dreamteacher.errors import UserError
 from dreamteacher.losses import mix_distillation_loss
+from tests.conftest import read_log, tiny_pretrain
 
 # the module, not the function of the same name that dreamteacher.engine re-exports
 pretrain_mod = importlib.import_module("dreamteacher.engine.pretrain")
@@ -31,17 +31,7 @@ def _nan_at(bad_steps):
 
 
 def _kw(scenes, teacher_run):
-    return dict(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        splits=["train"],
-        backbone="resnet18",
-        batch_size=4,
-        warmup_epochs=0,
-        device="cpu",
-        log_every=1,
-        regressor_channels=32,
-    )
+    return tiny_pretrain(scenes, teacher_run, regressor_channels=32)
 
 
 def test_a_nan_step_is_skipped(scenes, teacher_run, tmp_path, monkeypatch):
@@ -80,7 +70,7 @@ def test_too_many_bad_steps_stop_and_keep_the_checkpoint(
 
 def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
     cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
-    run = common.Run(cfg.out, cfg, keep=2)
+    run = runfiles.Run(cfg.out, cfg, keep=2)
     run.save_checkpoint(1, {"model": {"w": torch.ones(3)}})
     before = (run.ckpt_dir / "step_00000001.pt").read_bytes()
 
@@ -89,7 +79,7 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
             f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(common.torch, "save", full)
+    monkeypatch.setattr(runfiles.torch, "save", full)
     with pytest.raises(UserError, match=r"could not write .*step_00000002.pt \(No space left"):
         run.save_checkpoint(2, {"model": {"w": torch.zeros(3)}})
     assert (run.ckpt_dir / "step_00000001.pt").read_bytes() == before
@@ -120,10 +110,10 @@ def test_outputs_get_the_umask_permissions_not_owner_only(pretrain_run, tmp_path
 
     old = os.umask(0o022)
     try:
-        common.atomic_json({"a": 1}, tmp_path / "m.json")
+        runfiles.atomic_json({"a": 1}, tmp_path / "m.json")
         bb = dt.export(pretrain_run, tmp_path / "bb")
         os.umask(0o002)
-        common.atomic_json({"a": 2}, tmp_path / "g.json")
+        runfiles.atomic_json({"a": 2}, tmp_path / "g.json")
     finally:
         os.umask(old)
     for f, mode in [("m.json", 0o644), ("bb/model.safetensors", 0o644), ("g.json", 0o664)]:
@@ -139,16 +129,16 @@ def test_resume_refuses_another_number_of_processes(tmp_path):
     cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
     for step, made_by in [(1, 1), (2, 4)]:
         state = {"model": {}, "sampler": {"world_size": made_by}}
-        common.Run(cfg.out, cfg, world_size=made_by).save_checkpoint(step, state)
+        runfiles.Run(cfg.out, cfg, world_size=made_by).save_checkpoint(step, state)
         again = dataclasses.replace(cfg, resume=True)
         now = 2 if made_by == 1 else 1
         how = "in one process, without torchrun" if made_by == 1 else "under torchrun with 4"
         with pytest.raises(
             UserError, match=rf"made by {made_by} process\(es\), now {now}; resume {how}"
         ):
-            common.Run(cfg.out, again, world_size=now).load_checkpoint()
-        assert common.Run(cfg.out, again, world_size=made_by).load_checkpoint()["step"] == step
-        common.Run(cfg.out, again).checkpoints()[-1].unlink()
+            runfiles.Run(cfg.out, again, world_size=now).load_checkpoint()
+        assert runfiles.Run(cfg.out, again, world_size=made_by).load_checkpoint()["step"] == step
+        runfiles.Run(cfg.out, again).checkpoints()[-1].unlink()
 
 
 def test_image_size_not_divisible_by_teacher_stride(scenes, teacher_run, tmp_path):
@@ -161,7 +151,7 @@ def test_real_disk_full_errors_from_torch_and_safetensors(tmp_path, monkeypatch)
     """torch.save reports a full disk as RuntimeError and safetensors as SafetensorError:
     both become the one-line message, the previous file kept."""
     cfg = dt.config.PretrainConfig(out=str(tmp_path / "r"))
-    run = common.Run(cfg.out, cfg, keep=0)  # keep=0 still keeps the newest
+    run = runfiles.Run(cfg.out, cfg, keep=0)  # keep=0 still keeps the newest
     run.save_checkpoint(1, {"model": {"w": torch.ones(3)}})
     run.save_checkpoint(2, {"model": {"w": torch.ones(3)}})
     assert [p.name for p in run.checkpoints()] == ["step_00000002.pt"]
@@ -169,7 +159,7 @@ def test_real_disk_full_errors_from_torch_and_safetensors(tmp_path, monkeypatch)
     def full(obj, path):
         raise RuntimeError("[enforce fail at inline_container.cc] PytorchStreamWriter failed")
 
-    monkeypatch.setattr(common.torch, "save", full)
+    monkeypatch.setattr(runfiles.torch, "save", full)
     with pytest.raises(UserError, match=r"RuntimeError: .*PytorchStreamWriter.*nothing was"):
         run.save_checkpoint(3, {"model": {}})
     assert [p.name for p in run.checkpoints()] == ["step_00000002.pt"]
@@ -236,5 +226,5 @@ def test_resume_refuses_changed_settings_and_fresh_runs_reset_the_log(
     fresh.mkdir()
     (fresh / "metrics.jsonl").write_text('{"step": 99, "loss": 1}\n')
     dt.pretrain(out=str(fresh), epochs=1, **_kw(scenes, teacher_run))
-    steps = [json.loads(x)["step"] for x in (fresh / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in read_log(fresh)]
     assert steps == [1, 2, 3, 4]

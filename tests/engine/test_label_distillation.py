@@ -1,5 +1,6 @@
-"""Label and mix distillation end to end at tiny sizes (METHOD.md section 4): train-interpreter
-through the CLI, then pretrain --mode mix / label with the real teacher, interpreter, student."""
+"""Label and mix distillation end to end at tiny sizes (docs/method.md, "Label distillation
+and mix distillation"): train-interpreter through the CLI, then pretrain --mode mix / label
+with the real teacher, interpreter, student."""
 
 import json
 
@@ -13,10 +14,7 @@ from dreamteacher.losses import label_distillation_loss
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from dreamteacher.teachers import load_teacher
 from dreamteacher.teachers.interpreter import load_interpreter
-
-
-def _log(run):
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+from tests.conftest import read_log, tiny_pretrain
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,7 @@ def test_train_interpreter_outputs(interpreter_run, scenes):
     assert len(ids) == 8 and set(ids) <= set(split["train"])
     interp, meta = load_interpreter(interpreter_run)
     assert meta["t"] == [50] and meta["strides"] == [4, 8, 16, 32] and interp.num_classes == 5
-    log = _log(interpreter_run)
+    log = read_log(interpreter_run)
     assert len(log) == 30 and {"ce", "dice"} <= set(log[0])
     assert log[0]["lr"] < log[3]["lr"]  # 3 warm-up epochs of 1 step
     first = sum(r["loss"] for r in log[:3]) / 3
@@ -96,21 +94,9 @@ def _kl_before_after(final, scenes, teacher_run, interpreter_run) -> tuple[float
 
 
 def test_mix_pretraining_learns_the_soft_labels(scenes, teacher_run, interpreter_run, tmp_path):
-    run = dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        out=str(tmp_path / "mix"),
-        mode="mix",
-        interpreter=str(interpreter_run),
-        splits=["train"],
-        backbone="resnet18",
-        epochs=8,
-        batch_size=4,
-        warmup_epochs=1,
-        log_every=1,
-        device="cpu",
-    )
-    log = _log(run)
+    kw = tiny_pretrain(scenes, teacher_run, epochs=8, warmup_epochs=1)
+    run = dt.pretrain(out=str(tmp_path / "mix"), mode="mix", interpreter=str(interpreter_run), **kw)
+    log = read_log(run)
     assert len(log) == 32 and all({"mse", "at", "ld"} <= set(r) for r in log)
     r = log[0]
     assert r["loss"] == pytest.approx(r["mse"] + 10 * r["at"] + r["ld"], rel=1e-5)
@@ -132,21 +118,13 @@ def test_label_mode_with_the_light_head_learns_the_soft_labels(
     """--mode label logit_head=light: the loss is L_ld alone, the regressor has no feature
     heads and the light head's per-level convs, and the student learns the soft labels."""
     run = dt.pretrain(
-        data=str(scenes),
-        teacher=str(teacher_run),
         out=str(tmp_path / "label"),
         mode="label",
         logit_head="light",
         interpreter=str(interpreter_run),
-        splits=["train"],
-        backbone="resnet18",
-        epochs=3,
-        batch_size=8,
-        warmup_epochs=0,
-        log_every=1,
-        device="cpu",
+        **tiny_pretrain(scenes, teacher_run, epochs=3, batch_size=8),
     )
-    log = _log(run)
+    log = read_log(run)
     assert "ld" in log[0] and "mse" not in log[0]
     assert log[0]["loss"] == pytest.approx(log[0]["ld"])
     final = torch.load(run / "final.pt", weights_only=False)

@@ -1,39 +1,30 @@
-import json
-
 import pytest
 import torch
 
 import dreamteacher as dt
 from dreamteacher.student import Backbone
+from tests.conftest import BACKBONES, read_log, tiny_pretrain
 
 
 def _pretrain(scenes, teacher, out, **kw):
-    """pretrain on the tiny scenes' train split, on CPU, logging every step."""
-    base = dict(splits=["train"], backbone="resnet18", batch_size=4, warmup_epochs=0)
-    return dt.pretrain(
-        data=str(scenes), teacher=str(teacher), out=str(out), log_every=1, device="cpu",
-        **(base | kw),
-    )  # fmt: skip
+    return dt.pretrain(out=str(out), **tiny_pretrain(scenes, teacher, **kw))
 
 
-def _log(run):
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.parametrize("backbone", ["resnet50", "convnext_tiny"])
+# resnet18 is the fixtures' backbone
+@pytest.mark.parametrize("backbone", [b for b in BACKBONES if b != "resnet18"])
 def test_pretrain_other_backbones(backbone, scenes, teacher_run, tmp_path):
     run = _pretrain(scenes, teacher_run, tmp_path / "p", backbone=backbone, epochs=1,
                     batch_size=8, regressor_channels=32)  # fmt: skip
     final = torch.load(run / "final.pt", weights_only=False)
     Backbone(backbone).model.load_state_dict(final["backbone_state"], strict=True)
-    log = _log(run)
+    log = read_log(run)
     assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
 
 
 def test_distillation_loss_goes_down(scenes, teacher_run, tmp_path):
     run = _pretrain(scenes, teacher_run, tmp_path / "p", epochs=6, batch_size=8,
                     warmup_epochs=1, lr=2e-3)  # fmt: skip
-    log = _log(run)
+    log = read_log(run)
     first = sum(r["mse"] for r in log[:2]) / 2
     last = sum(r["mse"] for r in log[-2:]) / 2
     assert last < 0.9 * first, (first, last)
@@ -61,7 +52,7 @@ def test_compiled_pretrain_matches_eager(scenes, teacher_run, tmp_path):
     for c in (False, True):
         run = _pretrain(scenes, teacher_run, tmp_path / str(c), max_steps=3, epochs=10,
                         compile=c, compile_teacher=c)  # fmt: skip
-        logs[c] = [r["loss"] for r in _log(run)]
+        logs[c] = [r["loss"] for r in read_log(run)]
     assert len(logs[True]) == 3
     for a, b in zip(logs[False], logs[True], strict=True):
         assert abs(a - b) < 1e-3 * abs(a), (logs[False], logs[True])

@@ -4,6 +4,7 @@ uninterrupted run (CPU, same seed)."""
 import torch
 
 import dreamteacher as dt
+from tests.conftest import TINY_TEACHER, read_log, tiny_pretrain
 
 
 def _final_weights(run):
@@ -11,17 +12,7 @@ def _final_weights(run):
 
 
 def test_pretrain_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
-    kw = dict(
-        data=str(scenes),
-        teacher=str(teacher_run),
-        splits=["train"],
-        backbone="resnet18",
-        epochs=2,
-        batch_size=4,
-        warmup_epochs=1,
-        device="cpu",
-        log_every=1,
-    )
+    kw = tiny_pretrain(scenes, teacher_run, epochs=2, warmup_epochs=1)
     a = dt.pretrain(out=str(tmp_path / "a"), save_every=100, **kw)
     b = dt.pretrain(out=str(tmp_path / "b"), save_every=3, keep_checkpoints=5, **kw)
     # simulate a crash after step 6: drop later checkpoints and the final weights
@@ -34,10 +25,7 @@ def test_pretrain_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
     wa, wb = _final_weights(a), _final_weights(b)
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    steps = [
-        int(x.split('"step": ')[1].split(",")[0])
-        for x in (b / "metrics.jsonl").read_text().splitlines()
-    ]
+    steps = [r["step"] for r in read_log(b)]
     assert steps == list(range(1, 9))  # the log was rewound to the checkpoint, no duplicates
 
 
@@ -52,22 +40,7 @@ def test_train_teacher_resume_matches_uninterrupted(scenes, teacher_run, tmp_pat
     shutil.copytree(teacher_run, b)
     (b / "checkpoints" / "step_00000004.pt").unlink()
     shutil.rmtree(b / "unet")
-    dt.train_teacher(
-        data=str(scenes),
-        out=str(b),
-        splits=["train"],
-        image_size=[32],
-        preset="tiny",
-        steps=4,
-        batch_size=4,
-        save_every=2,
-        warmup_steps=1,
-        num_samples=4,
-        sample_steps=2,
-        log_every=1,
-        device="cpu",
-        resume=True,
-    )
+    dt.train_teacher(data=str(scenes), out=str(b), resume=True, **TINY_TEACHER)
     wa = UNet2DModel.from_pretrained(teacher_run / "unet").state_dict()
     wb = UNet2DModel.from_pretrained(b / "unet").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -9,10 +9,11 @@ import torch
 
 import dreamteacher as dt
 from dreamteacher.data import unlabeled_images
-from dreamteacher.engine.randomness import mix
 from dreamteacher.errors import UserError
+from dreamteacher.randomness import mix
 from dreamteacher.teachers import load_teacher
 from dreamteacher.teachers.cache import CachedTargets, FeatureCache, random_cache
+from tests.conftest import read_log
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +223,7 @@ def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):
         )
         for workers in (0, 2)
     ]
-    logs = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in runs]
+    logs = [read_log(r) for r in runs]
     assert len(logs[0]) == 8 and all(np.isfinite(r["loss"]) for r in logs[0])
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
     a, b = (torch.load(r / "final.pt", weights_only=False)["backbone_state"] for r in runs)

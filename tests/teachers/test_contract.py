@@ -49,6 +49,10 @@ def test_teacher_contract(name, cfg):
         assert f.shape == (2, c, h // s, w // s), (f.shape, c, s)
         assert torch.isfinite(f).all()
     assert not any(p.requires_grad for p in teacher.parameters())
+    # it knows the size it is made for, and refuses one its UNet cannot take
+    assert teacher.input_size() == [h, w] and teacher.input_size([h * 2, w]) == [h * 2, w]
+    with pytest.raises(UserError, match=f"not divisible by {teacher.min_divisor}"):
+        teacher.input_size([h + teacher.min_divisor // 2, w])
     teacher.train()
     assert not teacher.training  # stays in eval mode
     again = teacher(x)  # fresh noise each call: stochastic encoding
@@ -183,6 +187,11 @@ def test_load_from_train_teacher_run(teacher_run):
     # a bare UNet folder also works (the scheduler defaults to 1000-step linear DDPM)
     bare = load_teacher(teacher_run / "unet")
     assert bare.scheduler.config.num_train_timesteps == 1000
+    # the run says the size it was trained at (teacher.json); a bare UNet folder does not
+    assert teacher.image_size == [32, 32] and teacher.input_size() == [32, 32]
+    assert bare.image_size is None
+    with pytest.raises(UserError, match="does not say its resolution; pass --image-size"):
+        bare.input_size()
 
 
 def test_not_a_teacher_folder(tmp_path):

@@ -1,5 +1,6 @@
-"""The feature interpreter (METHOD.md section 4) on every teacher configuration of the contract
-test: stride-4 logits, gradients only into the interpreter, save/load round trip."""
+"""The feature interpreter (docs/method.md, "Label distillation and mix distillation") on
+every teacher configuration of the contract test: stride-4 logits, gradients only into the
+interpreter, save/load round trip."""
 
 import pytest
 import torch

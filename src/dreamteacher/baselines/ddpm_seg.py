@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dreamteacher.engine.randomness import mix
+from dreamteacher.randomness import mix
 from dreamteacher.teachers.base import OnTeacher, Teacher
 
 

@@ -9,18 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dreamteacher.engine.common import atomic_json
+from dreamteacher.runfiles import atomic_json
+
+
+class CellRef(os.PathLike):
+    """A finished cell's subfolder (a teacher's run, an exported backbone) named in another
+    cell's settings: a path where the settings are passed on as a command's arguments, the
+    cell's key where they are hashed into a key (so a moved cells folder keeps its keys)."""
+
+    def __init__(self, record: dict[str, Any], sub: str):
+        self.key, self.path = record["key"], Path(record["folder"]) / sub
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    __str__ = __fspath__
+
+    def __repr__(self) -> str:
+        return f"CellRef({self.key!r}, {str(self.path)!r})"
+
+
+def _hashable(value: Any) -> Any:
+    return value.key if isinstance(value, CellRef) else str(value)
 
 
 def cell_key(params: dict[str, Any]) -> str:
-    """Stable 10-hex-digit hash of a cell's settings (JSON, keys sorted)."""
-    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    """Stable 10-hex-digit hash of a cell's settings (JSON, keys sorted; a CellRef counts as
+    its cell's key)."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=_hashable)
     return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
@@ -56,7 +79,7 @@ class Cells:
             "name": name,
             "key": cell_key(params),
             "folder": str(d),
-            "params": params,
+            "params": json.loads(json.dumps(params, default=_hashable)),
             "wall_s": time.time() - t,
             **result,
         }

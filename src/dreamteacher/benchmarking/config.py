@@ -9,12 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamteacher.config import LOGIT_HEADS, build_config
+from dreamteacher.config import (
+    DDPM_SEG_T,
+    LOGIT_HEADS,
+    BaselineConfig,
+    DDPMSegConfig,
+    FinetuneConfig,
+    InterpreterConfig,
+    PretrainConfig,
+    T,
+    build_config,
+)
 from dreamteacher.errors import UserError
 
 # backbones pretrained once on the unlabeled images
 PRETRAINED = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
-# backbones distilled from the interpreter of each (N, seed) labelled subset (METHOD.md 4)
+# backbones distilled from the interpreter of each (N, seed) labelled subset (docs/method.md,
+# "Label distillation and mix distillation")
 LABEL_DISTILLED = ["dt-mix", "dt-label"]
 # segmenters on the teacher's features themselves: no backbone, one result per (N, seed)
 TEACHER_SIDE = ["interpreter", "ddpm-seg"]
@@ -25,7 +36,8 @@ PROTOCOLS = ["finetune", "frozen"]
 @dataclass
 class BenchmarkConfig:
     """`benchmark`: every method pretrained on the same unlabeled images, then evaluated with N
-    labelled images for each N, seed and protocol; mIoU on the test split."""
+    labelled images for each N, seed and protocol; mIoU on the test split. A setting that is
+    a command's key defaults to that command's default (e.g. dt_lr to pretrain's lr)."""
 
     data: str = "../shared/datasets/camvid"
     out: str = "runs/benchmark"
@@ -48,32 +60,34 @@ class BenchmarkConfig:
     pretrain_epochs: int = 30
     pretrain_max_steps: int | None = None
     pretrain_batch_size: int = 16
-    dt_lr: float = 4e-3
-    dt_t: list[int] = field(default_factory=lambda: [50])
+    dt_lr: float = PretrainConfig.lr
+    dt_t: list[int] = field(default_factory=lambda: list(T))
     dt_feature_cache: int = 0  # > 0: the dreamteacher, dt-mix and dt-label rows read their
     # targets from a feature cache of this many encodings per image (a cell of its own, shared)
     # instead of running the teacher
-    ssl_lr: float = 2e-3
+    ssl_lr: float = BaselineConfig.lr
     # the feature interpreter (interpreter row; soft labels of dt-mix and dt-label)
     interpreter_epochs: int = 100
     interpreter_max_steps: int | None = 500
-    interpreter_channels: int = 256
-    lambda_ld: float = 1.0
-    tau: float = 4.0
-    dt_logit_head: str = "uper"  # the dt-mix / dt-label students' logit head: uper | light
+    interpreter_channels: int = InterpreterConfig.channels
+    lambda_ld: float = PretrainConfig.lambda_ld
+    tau: float = PretrainConfig.tau
+    dt_logit_head: str = (
+        PretrainConfig.logit_head
+    )  # the dt-mix / dt-label students' logit head: uper | light
     # DDPM-seg (Baranchuk et al. 2022)
-    ddpm_seg_t: list[int] = field(default_factory=lambda: [50, 150, 250])
+    ddpm_seg_t: list[int] = field(default_factory=lambda: list(DDPM_SEG_T))
     ddpm_seg_steps: int = 500
-    ddpm_seg_ensemble: int = 10
-    ddpm_seg_pixels: int = 1024
+    ddpm_seg_ensemble: int = DDPMSegConfig.ensemble
+    ddpm_seg_pixels: int = DDPMSegConfig.pixels
     # evaluation: one recipe per protocol, the same for every method
     finetune_steps: int = 200
-    finetune_lr: float = 1e-3
+    finetune_lr: float = FinetuneConfig.lr
     frozen_steps: int = 200
-    frozen_lr: float = 1e-3
-    finetune_batch_size: int = 8
+    frozen_lr: float = FinetuneConfig.lr
+    finetune_batch_size: int = FinetuneConfig.batch_size
     head_channels: int = 128  # UPerNet head width
-    eval_batch_size: int = 8
+    eval_batch_size: int = FinetuneConfig.eval_batch_size
     keep_weights: bool = False  # keep each evaluation's model.pt and checkpoints
     cells_dir: str = ""  # where finished cells are cached (default OUT/cells); share it
     # between output folders to reuse cells, e.g. a probe of one setting on a subset

@@ -1,4 +1,5 @@
-"""`dreamteacher benchmark`: the label-efficient segmentation benchmark (METHOD.md §6).
+"""`dreamteacher benchmark`: the label-efficient segmentation benchmark (docs/method.md,
+"Fine-tuning and evaluation").
 
   teacher ──> dreamteacher pretrain ──────────────────┐
   simclr / mocov2 / byol / densecl ───────────────────┼─> for protocol, N, seed:
@@ -10,8 +11,10 @@ It runs method by method (its backbone, then its evaluations), in `methods` orde
 
 Every method uses the same backbone, resolution, pretraining epochs and batch, and sees only
 the `pretrain_splits` images (train and val); test images are used for evaluation only.
-Each stage is a cached cell (cells.py). Writes OUT/results.json, results.md,
-miou_vs_labels.png and OUT/subsets/ (the labelled ids per N and seed).
+Each stage is a cached cell (cells.py) whose settings are the keyword arguments of the API
+command that computes it, so one dict is both the cell's key and the call. Writes
+OUT/results.json, results.md, miou_vs_labels.png and OUT/subsets/ (the labelled ids per N
+and seed).
 """
 
 from __future__ import annotations
@@ -21,19 +24,20 @@ import json
 import platform
 import subprocess
 import time
-from functools import cache, partial
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dreamteacher import api
-from dreamteacher.benchmarking.cells import Cells
+from dreamteacher.benchmarking.cells import CellRef, Cells
 from dreamteacher.benchmarking.config import (
     LABEL_DISTILLED,
     PRETRAINED,
     TEACHER_SIDE,
     BenchmarkConfig,
+    build_benchmark_config,
 )
 from dreamteacher.benchmarking.report import (
     TEACHER_SIDE_PROTOCOL,
@@ -42,10 +46,26 @@ from dreamteacher.benchmarking.report import (
     plot,
     results_table,
 )
-from dreamteacher.config import save_config
 from dreamteacher.data import MaskFolder, select_labeled
-from dreamteacher.engine.common import atomic_json, atomic_write
 from dreamteacher.errors import UserError
+from dreamteacher.runfiles import atomic_json, atomic_write, save_config
+
+Record = dict[str, Any]  # a finished cell: key, folder, wall_s, images_seen, its results
+
+
+def benchmark(
+    data: str | None = None,
+    out: str | None = None,
+    *,
+    profile: str = "cpu",
+    config: str | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict:
+    """The label-efficient benchmark (DreamTeacher vs baselines); returns results.json's
+    content. Finished cells in `out` are reused."""
+    cfg = build_benchmark_config(profile, config, overrides, data=data, out=out, **kwargs)
+    return Benchmark(cfg).run()
 
 
 def labelled_subsets(folder: MaskFolder, labels: list[int], seeds: list[int]) -> dict:
@@ -64,359 +84,310 @@ def labelled_subsets(folder: MaskFolder, labels: list[int], seeds: list[int]) ->
     return {(n, s): select_labeled(train, n, s) for n in labels for s in seeds}
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
+class Benchmark:
+    """The stages of one benchmark run, each a cached cell: `teacher`, `feature_cache`,
+    `pretrained` (a backbone per method), `interpreter`, `label_distilled` and `ddpm_seg`
+    (per labelled subset), `evaluate` (per method, protocol, N and seed)."""
 
-
-def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    folder = MaskFolder(cfg.data)
-    subsets = labelled_subsets(folder, cfg.labels, cfg.seeds)
-    for (n, s), ids in subsets.items():
-        atomic_json({"labels": n, "seed": s, "ids": ids}, out / "subsets" / f"N{n}_seed{s}.json")
-    cells = Cells(cfg.cells_dir or out / "cells")
-    data = str(Path(cfg.data).resolve())
-    size = list(cfg.image_size)
-    base = {"data": data, "image_size": size, "device": cfg.device, "precision": cfg.precision}
-    run_opts = {"device": cfg.device, "precision": cfg.precision, "resume": True}
-    t_start = time.time()
-    costs: list[dict[str, Any]] = []
-
-    # 1. the teacher
-    weights: dict[Any, str] = {"scratch": "scratch"}  # method or (method, N, seed) -> backbone
-    pre_keys: dict[Any, str] = {"scratch": "scratch"}
-    uses_teacher = [m for m in cfg.methods if m not in PRETRAINED or m == "dreamteacher"]
-    if uses_teacher:
-        tp = {
-            **base,
+    def __init__(self, cfg: BenchmarkConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.cells = Cells(cfg.cells_dir or self.out / "cells")
+        self.costs: list[dict[str, Any]] = []
+        self.runs: list[dict[str, Any]] = []
+        self.t_start = time.time()
+        self._memo: dict[Any, Any] = {}
+        # every cell's settings start with these
+        self.base = {
+            "data": str(Path(cfg.data).resolve()),
+            "image_size": list(cfg.image_size),
+            "device": cfg.device,
+            "precision": cfg.precision,
+        }
+        # pretraining: the same images, backbone, epochs and batch for every method
+        self.pretraining = {
+            **self.base,
             "splits": cfg.pretrain_splits,
-            "preset": cfg.teacher_preset,
-            "steps": cfg.teacher_steps,
-            "batch_size": cfg.teacher_batch_size,
-            "lr": cfg.teacher_lr,
+            "backbone": cfg.backbone,
+            "epochs": cfg.pretrain_epochs,
+            "max_steps": cfg.pretrain_max_steps,
+            "batch_size": cfg.pretrain_batch_size,
+            "warmup_epochs": 1.0,
+            "save_every": 200,
         }
 
-        def train_teacher(d: Path) -> dict:
-            api.train_teacher(
-                data=data,
-                out=str(d / "run"),
-                splits=cfg.pretrain_splits,
-                image_size=size,
-                preset=cfg.teacher_preset,
-                steps=cfg.teacher_steps,
-                batch_size=cfg.teacher_batch_size,
-                lr=cfg.teacher_lr,
-                warmup_steps=min(100, cfg.teacher_steps // 10),
-                save_every=max(1, cfg.teacher_steps // 5),
-                **run_opts,
-            )
-            return {"images_seen": cfg.teacher_steps * cfg.teacher_batch_size}
+    def _cell(
+        self,
+        name: str,
+        command: Callable,
+        kw: dict,
+        stage: str | None,
+        sub: str = "run",
+        cleanup=(),
+        after=None,
+    ) -> Record:
+        """The cell `name` with settings `kw`: `command(out=CELL/sub, resume=True, **kw)` (a
+        stopped cell resumes), then `after(CELL, command's result)` adds to its record. Its
+        cost is a row of the cost table under `stage` (none for an evaluation)."""
 
-        print(f"benchmark: teacher ({cfg.teacher_preset}, {cfg.teacher_steps} steps)")
-        teacher = cells.get("teacher", tp, train_teacher, cleanup=["run/checkpoints"])
-        teacher_run = str(Path(teacher["folder"]) / "run")
-        costs.append({"stage": "teacher (train-teacher)", **_cost(teacher)})
+        def compute(d: Path) -> Record:
+            result = command(out=str(d / sub), resume=True, **kw)
+            extra = after(d, result) if after else {}
+            return {"images_seen": _images_seen(d / "run"), **extra}
 
-    # 2. pretraining, the same epochs and batch for every method
-    common = {
-        **base,
-        "backbone": cfg.backbone,
-        "splits": cfg.pretrain_splits,
-        "epochs": cfg.pretrain_epochs,
-        "max_steps": cfg.pretrain_max_steps,
-        "batch_size": cfg.pretrain_batch_size,
-    }
-    pre_kw = {  # the same for every method
-        "data": data,
-        "splits": cfg.pretrain_splits,
-        "backbone": cfg.backbone,
-        "image_size": size,
-        "epochs": cfg.pretrain_epochs,
-        "max_steps": cfg.pretrain_max_steps,
-        "batch_size": cfg.pretrain_batch_size,
-        "warmup_epochs": 1.0,
-        "save_every": 200,
-        **run_opts,
-    }
-
-    def pretrain_cell(name: str, params: dict, train) -> dict:
-        def fn(d: Path) -> dict:
-            run = train(out=str(d / "run"))
-            api.export(run, d / "backbone")
-            return {"images_seen": _images_seen(run)}
-
-        print(f"benchmark: pretrain {name}")
-        rec = cells.get(f"pretrain-{name}", params, fn, cleanup=["run/checkpoints"])
-        costs.append({"stage": f"{name} pretraining", **_cost(rec)})
+        rec = self.cells.get(name, kw, compute, cleanup=list(cleanup))
+        if stage is not None:
+            cost = {"stage": stage, "wall_s": rec["wall_s"], "images_seen": rec["images_seen"]}
+            self.costs.append(cost)
         return rec
 
-    dt_params = {**common, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
-    dt_kw = {"teacher": teacher_run, "lr": cfg.dt_lr, "t": cfg.dt_t} if uses_teacher else {}
+    def _once(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
-    @cache
-    def feature_cache() -> dict:
+    # the stages
+
+    def teacher(self) -> Record:
+        cfg = self.cfg
+
+        def make() -> Record:
+            print(f"benchmark: teacher ({cfg.teacher_preset}, {cfg.teacher_steps} steps)")
+            kw = {
+                **self.base,
+                "splits": cfg.pretrain_splits,
+                "preset": cfg.teacher_preset,
+                "steps": cfg.teacher_steps,
+                "batch_size": cfg.teacher_batch_size,
+                "lr": cfg.teacher_lr,
+                "warmup_steps": min(100, cfg.teacher_steps // 10),
+                "save_every": max(1, cfg.teacher_steps // 5),
+            }
+            stage = "teacher (train-teacher)"
+            return self._cell("teacher", api.train_teacher, kw, stage, cleanup=["run/checkpoints"])
+
+        return self._once("teacher", make)
+
+    def feature_cache(self) -> Record:
         """K encodings per pretraining image (dt_feature_cache=K), computed once for the
         dreamteacher, dt-mix and dt-label rows."""
-        cp = {**base, "teacher": teacher["key"], "splits": cfg.pretrain_splits, "t": cfg.dt_t}
-        cp |= {"draws": cfg.dt_feature_cache, "batch_size": cfg.pretrain_batch_size}
+        cfg = self.cfg
 
-        def fn(d: Path) -> dict:
-            path = api.cache_features(
-                data=data,
-                teacher=teacher_run,
-                out=str(d / "cache"),
-                splits=cfg.pretrain_splits,
-                image_size=size,
-                t=cfg.dt_t,
-                draws=cfg.dt_feature_cache,
-                batch_size=cfg.pretrain_batch_size,
-                **run_opts,  # resume=True: a stopped build continues
-            )
-            meta = json.loads((path / "meta.json").read_text())
-            return {
-                "images_seen": meta["images"] * meta["draws"],
-                "bytes_per_image": meta["bytes_per_image"],
+        def make() -> Record:
+            print(f"benchmark: feature cache ({cfg.dt_feature_cache} encodings per image)")
+            kw = {
+                **self.base,
+                "teacher": CellRef(self.teacher(), "run"),
+                "splits": cfg.pretrain_splits,
+                "t": cfg.dt_t,
+                "draws": cfg.dt_feature_cache,
+                "batch_size": cfg.pretrain_batch_size,
             }
 
-        print(f"benchmark: feature cache ({cfg.dt_feature_cache} encodings per image)")
-        rec = cells.get("feature-cache", cp, fn)
-        costs.append({"stage": "feature cache (cache-features)", **_cost(rec)})
-        return rec
+            def size(d: Path, _out) -> dict:
+                meta = json.loads((d / "cache" / "meta.json").read_text())
+                return {
+                    "images_seen": meta["images"] * meta["draws"],
+                    "bytes_per_image": meta["bytes_per_image"],
+                }
 
-    def distilled(pp: dict, train: partial) -> tuple[dict, partial]:
-        """A distillation cell's parameters and trainer, reading the feature cache when
-        dt_feature_cache > 0 (the key is added only then: online cells keep theirs)."""
-        if not cfg.dt_feature_cache:
-            return pp, train
-        cache = feature_cache()
-        path = str(Path(cache["folder"]) / "cache")
-        return {**pp, "feature_cache": cache["key"]}, partial(train, feature_cache=path)
+            stage = "feature cache (cache-features)"
+            return self._cell("feature-cache", api.cache_features, kw, stage, "cache", after=size)
 
-    def pretrained_backbone(method: str) -> None:
-        if method == "dreamteacher":
-            pp = {**dt_params, "teacher": teacher["key"]}
-            pp, train = distilled(pp, partial(api.pretrain, **dt_kw, **pre_kw))
-        else:
-            pp = {**common, "method": method, "lr": cfg.ssl_lr}
-            train = partial(api.pretrain_baseline, method=method, lr=cfg.ssl_lr, **pre_kw)
-        rec = pretrain_cell(method, pp, train)
-        weights[method] = str(Path(rec["folder"]) / "backbone")
-        pre_keys[method] = rec["key"]
+        return self._once("feature-cache", make)
 
-    # teacher-side segmenters on the (N, seed) subset (interpreter, DDPM-seg)
-    runs: list[dict[str, Any]] = []
-    side = {**base, "teacher": teacher["key"]} if uses_teacher else {}
+    def _distillation(self) -> dict[str, Any]:
+        """The settings every DreamTeacher distillation (dreamteacher, dt-mix, dt-label)
+        shares; with dt_feature_cache > 0 it reads the feature cache."""
+        cfg = self.cfg
+        kw = {
+            **self.pretraining,
+            "teacher": CellRef(self.teacher(), "run"),
+            "lr": cfg.dt_lr,
+            "t": cfg.dt_t,
+        }
+        if cfg.dt_feature_cache:
+            kw["feature_cache"] = CellRef(self.feature_cache(), "cache")
+        return kw
 
-    def side_cell(name, n, seed, train_fn, settings, batch, cleanup, **extra) -> dict:
-        """A segmenter trained on the teacher's features of the (N, seed) subset and
-        evaluated: `settings` are both its cell's parameters and train_fn's keywords."""
+    def _pretrain_cell(self, name: str, command: Callable, kw: dict) -> CellRef:
+        """A pretraining cell, exported: the backbone folder an evaluation fine-tunes."""
 
-        def fn(d: Path) -> dict:
-            m = train_fn(
-                data=data,
-                teacher=teacher_run,
-                out=str(d / "run"),
-                labels=n,
-                seed=seed,
-                image_size=size,
-                **settings,
-                **extra,
-                **run_opts,
-            )
-            return _eval_record(m, m["steps"] * batch)
+        def export(d: Path, run) -> dict:
+            api.export(run, d / "backbone")
+            return {}
 
-        print(f"benchmark: {name} N{n}-seed{seed}")
-        params = {**side, "labels": n, "seed": seed, **settings}
-        rec = cells.get(f"{name}-N{n}-seed{seed}", params, fn, cleanup=cleanup)
-        costs.append({"stage": f"{name} N{n}-seed{seed}", **_cost(rec)})
-        return rec
-
-    interpreters: dict[tuple[int, int], dict] = {}
-
-    def interpreter(n: int, seed: int) -> dict:
-        """The interpreter of one subset, computed once (dt-mix, dt-label and its own row)."""
-        if (n, seed) not in interpreters:
-            settings = {
-                "epochs": cfg.interpreter_epochs,
-                "max_steps": cfg.interpreter_max_steps,
-                "channels": cfg.interpreter_channels,
-                "batch_size": cfg.finetune_batch_size,
-            }
-            interpreters[(n, seed)] = side_cell(
-                "interpreter",
-                n,
-                seed,
-                api.train_interpreter,
-                settings,
-                cfg.finetune_batch_size,
-                ["run/checkpoints"],
-                eval_batch_size=cfg.eval_batch_size,
-            )
-        return interpreters[(n, seed)]
-
-    def label_distilled_backbone(method: str, n: int, seed: int) -> None:
-        """dt-mix / dt-label: distilled from the interpreter of the (N, seed) subset."""
-        interp = interpreter(n, seed)
-        mode = method.removeprefix("dt-")
-        pp = {**dt_params, "teacher": teacher["key"], "interpreter": interp["key"]}
-        pp.update(mode=mode, lambda_ld=cfg.lambda_ld, tau=cfg.tau)
-        head = {"logit_head": cfg.dt_logit_head} if cfg.dt_logit_head != "uper" else {}
-        pp.update(head)  # the default head's cells keep their keys
-        train = partial(
-            api.pretrain,
-            **dt_kw,
-            **pre_kw,
-            mode=mode,
-            interpreter=str(Path(interp["folder"]) / "run"),
-            lambda_ld=cfg.lambda_ld,
-            tau=cfg.tau,
-            **head,
+        print(f"benchmark: pretrain {name}")
+        stage = f"{name} pretraining"
+        rec = self._cell(
+            f"pretrain-{name}", command, kw, stage, after=export, cleanup=["run/checkpoints"]
         )
-        pp, train = distilled(pp, train)
-        rec = pretrain_cell(f"{method}-N{n}-seed{seed}", pp, train)
-        weights[(method, n, seed)] = str(Path(rec["folder"]) / "backbone")
-        pre_keys[(method, n, seed)] = rec["key"]
+        return CellRef(rec, "backbone")
 
-    def ddpm_seg(n: int, seed: int) -> dict:
-        settings = {
+    def pretrained(self, method: str) -> CellRef | str:
+        """The backbone of a method pretrained once on the unlabeled images."""
+        if method == "scratch":
+            return "scratch"
+
+        def make() -> CellRef:
+            if method == "dreamteacher":
+                return self._pretrain_cell(method, api.pretrain, self._distillation())
+            kw = {**self.pretraining, "method": method, "lr": self.cfg.ssl_lr}
+            return self._pretrain_cell(method, api.pretrain_baseline, kw)
+
+        return self._once(method, make)
+
+    def _teacher_side(self, name: str, command: Callable, n: int, seed: int, kw: dict, cleanup):
+        """A segmenter on the teacher's features of the (N, seed) subset, evaluated."""
+        print(f"benchmark: {name} N{n}-seed{seed}")
+        teacher = CellRef(self.teacher(), "run")
+        kw = {**self.base, "teacher": teacher, "labels": n, "seed": seed, **kw}
+        name = f"{name}-N{n}-seed{seed}"
+        return self._cell(name, command, kw, name, cleanup=cleanup, after=_metrics)
+
+    def interpreter(self, n: int, seed: int) -> Record:
+        """The interpreter of one subset, computed once (dt-mix, dt-label and its own row)."""
+        cfg = self.cfg
+        kw = {
+            "epochs": cfg.interpreter_epochs,
+            "max_steps": cfg.interpreter_max_steps,
+            "channels": cfg.interpreter_channels,
+            "batch_size": cfg.finetune_batch_size,
+            "eval_batch_size": cfg.eval_batch_size,
+        }
+        make = lambda: self._teacher_side(
+            "interpreter", api.train_interpreter, n, seed, kw, ["run/checkpoints"]
+        )
+        return self._once(("interpreter", n, seed), make)
+
+    def ddpm_seg(self, n: int, seed: int) -> Record:
+        cfg = self.cfg
+        kw = {
             "t": cfg.ddpm_seg_t,
             "steps": cfg.ddpm_seg_steps,
             "ensemble": cfg.ddpm_seg_ensemble,
             "pixels": cfg.ddpm_seg_pixels,
         }
         cleanup = ["run/checkpoints", "run/model.pt"]
-        return side_cell("ddpm-seg", n, seed, api.train_ddpm_seg, settings, 4, cleanup)
+        return self._teacher_side("ddpm-seg", api.train_ddpm_seg, n, seed, kw, cleanup)
 
-    # evaluation of a backbone: fine-tune or frozen, with N labels of seed's subset
-    evals = [(p, n, s) for p in cfg.protocols for n in cfg.labels for s in cfg.seeds]
-    n_jobs = len(evals) * sum(m not in TEACHER_SIDE for m in cfg.methods)
+    def label_distilled(self, method: str, n: int, seed: int) -> CellRef:
+        """dt-mix / dt-label: distilled from the interpreter of the (N, seed) subset."""
+        cfg = self.cfg
+        kw = {
+            **self._distillation(),
+            "mode": method.removeprefix("dt-"),
+            "interpreter": CellRef(self.interpreter(n, seed), "run"),
+            "lambda_ld": cfg.lambda_ld,
+            "tau": cfg.tau,
+            "logit_head": cfg.dt_logit_head,
+        }
+        return self._pretrain_cell(f"{method}-N{n}-seed{seed}", api.pretrain, kw)
 
-    def evaluate(method: str, protocol: str, n: int, seed: int) -> None:
+    def evaluate(self, method: str, weights: CellRef | str, protocol: str, n: int, seed: int):
+        """Fine-tune (all weights) or train a head on the frozen backbone, with the N labelled
+        images of seed's subset; one row of the results."""
+        cfg = self.cfg
         frozen = protocol == "frozen"
         steps = cfg.frozen_steps if frozen else cfg.finetune_steps
-        lr = cfg.frozen_lr if frozen else cfg.finetune_lr
-        which = (method, n, seed) if method in LABEL_DISTILLED else method
-        ep = {
-            **base,
+        kw = {
+            **self.base,
             "backbone": cfg.backbone,
-            "pretrained": pre_keys[which],
-            "protocol": protocol,
+            "weights": weights,
+            "freeze_backbone": frozen,
             "labels": n,
             "seed": seed,
             "steps": steps,
-            "lr": lr,
+            "lr": cfg.frozen_lr if frozen else cfg.finetune_lr,
             "batch_size": cfg.finetune_batch_size,
             "head_channels": cfg.head_channels,
+            "warmup_steps": min(50, steps // 10),
+            "eval_batch_size": cfg.eval_batch_size,
+            "save_every": max(1, steps // 2),
         }
-
-        def fn(d: Path) -> dict:
-            m = api.finetune(
-                data=data,
-                out=str(d / "run"),
-                backbone=cfg.backbone,
-                weights=weights[which],
-                labels=n,
-                seed=seed,
-                image_size=size,
-                steps=steps,
-                lr=lr,
-                batch_size=cfg.finetune_batch_size,
-                head_channels=cfg.head_channels,
-                warmup_steps=min(50, steps // 10),
-                freeze_backbone=frozen,
-                eval_batch_size=cfg.eval_batch_size,
-                save_every=max(1, steps // 2),
-                **run_opts,
-            )
-            return {"miou": m["miou"], "per_class_iou": m["per_class_iou"]}
-
         cleanup = [] if cfg.keep_weights else ["run/checkpoints", "run/model.pt"]
-        rec = cells.get(f"eval-{method}-{protocol}-N{n}-seed{seed}", ep, fn, cleanup=cleanup)
-        runs.append(_run_row(method, protocol, n, subsets[(n, seed)], seed, rec))
-        done = sum(r["protocol"] != TEACHER_SIDE_PROTOCOL for r in runs)
+        name = f"eval-{method}-{protocol}-N{n}-seed{seed}"
+        rec = self._cell(name, api.finetune, kw, None, cleanup=cleanup, after=_metrics)
+        self.add_row(method, protocol, n, seed, rec)
+        n_jobs = len(self.evaluations) * sum(m not in TEACHER_SIDE for m in cfg.methods)
+        done = sum(r["protocol"] != TEACHER_SIDE_PROTOCOL for r in self.runs)
         print(
             f"benchmark [{done}/{n_jobs}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
             f"mIoU {rec['miou']:.1f}"
         )
-        write_results(out, cfg, runs, costs, cells, t_start, final=False)  # partial tables
 
-    # 3. method by method: its backbone(s), then its rows, so that a run stopped early (a time
-    # budget, as in bench/gpu.sh) has whole rows for the first methods: scratch, dreamteacher..
-    for method in cfg.methods:
-        if method in PRETRAINED and method != "scratch":
-            pretrained_backbone(method)
-        for n, seed in subsets:
-            if method in LABEL_DISTILLED:
-                label_distilled_backbone(method, n, seed)
-            elif method in TEACHER_SIDE:
-                rec = interpreter(n, seed) if method == "interpreter" else ddpm_seg(n, seed)
-                ids = subsets[(n, seed)]
-                runs.append(_run_row(method, TEACHER_SIDE_PROTOCOL, n, ids, seed, rec))
-                write_results(out, cfg, runs, costs, cells, t_start, final=False)
-        if method not in TEACHER_SIDE:
-            for protocol, n, seed in evals:
-                evaluate(method, protocol, n, seed)
-    return write_results(out, cfg, runs, costs, cells, t_start, final=True)
+    # the whole run
 
+    @property
+    def evaluations(self) -> list[tuple[str, int, int]]:
+        c = self.cfg
+        return [(p, n, s) for p in c.protocols for n in c.labels for s in c.seeds]
 
-def _eval_record(m: dict[str, Any], images_seen: int) -> dict[str, Any]:
-    return {"miou": m["miou"], "per_class_iou": m["per_class_iou"], "images_seen": images_seen}
+    def add_row(self, method: str, protocol: str, n: int, seed: int, rec: Record) -> None:
+        self.runs.append(
+            {
+                "method": method,
+                "protocol": protocol,
+                "labels": n,
+                "labelled_images": len(self.subsets[(n, seed)]),
+                "seed": seed,
+                "miou": rec["miou"],
+                "per_class_iou": rec["per_class_iou"],
+                "wall_s": rec["wall_s"],
+                "cell": rec["folder"],
+            }
+        )
+        self.write_results(final=False)  # partial tables after every row
 
+    def run(self) -> dict[str, Any]:
+        """Method by method: its backbone(s), then its rows, so that a run stopped early (a
+        time budget, as in bench/gpu.sh) has whole rows for the first methods."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.out / "config.yaml")
+        self.subsets = labelled_subsets(MaskFolder(cfg.data), cfg.labels, cfg.seeds)
+        for (n, s), ids in self.subsets.items():
+            atomic_json(
+                {"labels": n, "seed": s, "ids": ids}, self.out / "subsets" / f"N{n}_seed{s}.json"
+            )
+        for method in cfg.methods:
+            if method in PRETRAINED:
+                weights = self.pretrained(method)
+                for protocol, n, seed in self.evaluations:
+                    self.evaluate(method, weights, protocol, n, seed)
+            elif method in LABEL_DISTILLED:
+                each = {(n, s): self.label_distilled(method, n, s) for n, s in self.subsets}
+                for protocol, n, seed in self.evaluations:
+                    self.evaluate(method, each[(n, seed)], protocol, n, seed)
+            else:  # TEACHER_SIDE: a segmenter of its own, one row per subset
+                for n, seed in self.subsets:
+                    side = self.interpreter if method == "interpreter" else self.ddpm_seg
+                    self.add_row(method, TEACHER_SIDE_PROTOCOL, n, seed, side(n, seed))
+        return self.write_results(final=True)
 
-def _run_row(method, protocol, n, ids, seed, rec) -> dict[str, Any]:
-    return {
-        "method": method,
-        "protocol": protocol,
-        "labels": n,
-        "labelled_images": len(ids),
-        "seed": seed,
-        "miou": rec["miou"],
-        "per_class_iou": rec["per_class_iou"],
-        "wall_s": rec["wall_s"],
-        "cell": rec["folder"],
-    }
-
-
-def write_results(
-    out: Path,
-    cfg: BenchmarkConfig,
-    runs: list[dict[str, Any]],
-    costs: list[dict[str, Any]],
-    cells: Cells,
-    t_start: float,
-    final: bool,
-) -> dict[str, Any]:
-    """results.json and results.md (and, when final, the plot) from the runs so far."""
-    agg = aggregate(runs)
-    results = {
-        "complete": final,
-        "config": dataclasses.asdict(cfg),
-        "commit": _commit(),
-        "device": _device_name(cfg.device),
-        "runs": runs,
-        "summary": [{"method": m, "protocol": p, "labels": n, **v} for (m, p, n), v in agg.items()],
-        "costs": costs,
-        "cells_computed": len(cells.computed),
-        "wall_s": time.time() - t_start,
-    }
-    atomic_json(results, out / "results.json")
-    text = format_results(results)
-    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(text))
-    if final:
-        plot(runs, out / "miou_vs_labels.png", cfg.methods)
-        print("\n" + text)
-    return results
+    def write_results(self, final: bool) -> dict[str, Any]:
+        """results.json and results.md (and, when final, the plot) from the runs so far."""
+        agg = aggregate(self.runs)
+        results = {
+            "complete": final,
+            "config": dataclasses.asdict(self.cfg),
+            "commit": _commit(),
+            "device": _device_name(self.cfg.device),
+            "runs": self.runs,
+            "summary": [
+                {"method": m, "protocol": p, "labels": n, **v} for (m, p, n), v in agg.items()
+            ],
+            "costs": self.costs,
+            "cells_computed": len(self.cells.computed),
+            "wall_s": time.time() - self.t_start,
+        }
+        atomic_json(results, self.out / "results.json")
+        text = format_results(results)
+        atomic_write(self.out / "results.md", lambda tmp: Path(tmp).write_text(text))
+        if final:
+            plot(self.runs, self.out / "miou_vs_labels.png", self.cfg.methods)
+            print("\n" + text)
+        return results
 
 
 def format_results(r: dict[str, Any]) -> str:
@@ -451,11 +422,26 @@ def format_results(r: dict[str, Any]) -> str:
     )
 
 
-def _cost(rec: dict[str, Any]) -> dict[str, Any]:
-    return {"wall_s": rec["wall_s"], "images_seen": rec["images_seen"]}
+def _metrics(_cell: Path, metrics: dict) -> dict:
+    """What an evaluated cell records of its command's metrics."""
+    return {"miou": metrics["miou"], "per_class_iou": metrics["per_class_iou"]}
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _images_seen(run: Path) -> int:
+    """Images the run's training steps saw (its last metrics.jsonl record), 0 if none."""
     last = 0
     path = Path(run) / "metrics.jsonl"
     if path.exists():

@@ -5,10 +5,10 @@ from dreamteacher.data.folder import (
     ImageFolder,
     list_images,
     load_rgb,
-    unlabeled_images,
 )
 from dreamteacher.data.sampler import Indexed, ResumableBatchSampler, StepTagged
 from dreamteacher.data.segmentation import MaskFolder, select_labeled
+from dreamteacher.data.unlabeled import unlabeled_images
 
 __all__ = [
     "IMAGE_EXTENSIONS",

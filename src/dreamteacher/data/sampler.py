@@ -79,7 +79,7 @@ class StepTagged(torch.utils.data.Sampler[list[tuple[int, int]]]):
 
 
 class Indexed(torch.utils.data.Dataset):
-    """Returns (index, *item): the index keys the sample's randomness (engine/randomness.py)."""
+    """Returns (index, *item): the index keys the sample's randomness (randomness.py)."""
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset

@@ -1,9 +1,21 @@
-"""Training commands: train-teacher, pretrain, finetune, ... (one file each); they all run the
-one optimizer loop in loop.py and give it what one of their steps computes."""
+"""Training commands: train-teacher, pretrain, finetune, ... (one file each). Each sets up
+through engine/session.py and runs the one optimizer loop in engine/loop.py, handing it what
+one of its micro-batches computes."""
 
+from dreamteacher.engine.baseline import pretrain_baseline
 from dreamteacher.engine.cache import cache_features
+from dreamteacher.engine.ddpm_seg import train_ddpm_seg
 from dreamteacher.engine.finetune import finetune
+from dreamteacher.engine.interpreter import train_interpreter
 from dreamteacher.engine.pretrain import pretrain
 from dreamteacher.engine.teacher import train_teacher
 
-__all__ = ["cache_features", "finetune", "pretrain", "train_teacher"]
+__all__ = [
+    "cache_features",
+    "finetune",
+    "pretrain",
+    "pretrain_baseline",
+    "train_ddpm_seg",
+    "train_interpreter",
+    "train_teacher",
+]

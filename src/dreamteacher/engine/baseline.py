@@ -16,18 +16,10 @@ import torch
 from dreamteacher.baselines.ssl import build_method
 from dreamteacher.config import BaselineConfig
 from dreamteacher.data import unlabeled_images
-from dreamteacher.engine import dist
-from dreamteacher.engine.common import (
-    Run,
-    atomic_save,
-    autocast,
-    epoch_schedule,
-    param_groups,
-    restore,
-    seed_everything,
-    training_loader,
-)
-from dreamteacher.engine.loop import optimize
+from dreamteacher.engine.loop import epoch_schedule
+from dreamteacher.engine.session import Session
+from dreamteacher.runfiles import atomic_save
+from dreamteacher.runtime import seed_everything
 
 
 class Views(torch.utils.data.Dataset):
@@ -51,73 +43,54 @@ def default_memory_bank(n_images: int, batch: int) -> int:
 
 def pretrain_baseline(cfg: BaselineConfig) -> Path:
     """Train; writes RUN/final.pt (the backbone, as pretrain does) and returns the run folder."""
-    env, device = dist.setup(cfg.device)
-    images = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
-    seed_everything(cfg.seed)
-    global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
-    # every step enqueues the keys of the whole global batch (all ranks', gathered)
-    bank = cfg.memory_bank or default_memory_bank(len(images), global_batch)
-    net = build_method(
-        cfg.method,
-        cfg.backbone,
-        cfg.image_size,
-        momentum=cfg.momentum,
-        temperature=cfg.temperature,
-        memory_bank=bank,
-    ).to(device)
-    data = Views(images, net.views)
-    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
-    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-    steps_per_epoch, total, warmup = epoch_schedule(len(data), global_batch, cfg)
-    start = restore(run, cfg.resume, net, opt)
-    model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
-    sampler, loader = training_loader(data, cfg, env, device, start, total)
-    if env.main:
-        print(
-            f"pretrain-baseline {cfg.method}: {cfg.backbone} on {len(data)} images at "
-            f"{cfg.image_size[0]}x{cfg.image_size[1]}, {total} steps "
-            f"({total / steps_per_epoch:g} epochs) of global batch {global_batch}, device {device}"
-        )
+    with Session(cfg) as s:
+        images = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
+        seed_everything(cfg.seed)
+        # every step enqueues the keys of the whole global batch (all ranks', gathered)
+        bank = cfg.memory_bank or default_memory_bank(len(images), s.global_batch)
+        net = build_method(
+            cfg.method,
+            cfg.backbone,
+            cfg.image_size,
+            momentum=cfg.momentum,
+            temperature=cfg.temperature,
+            memory_bank=bank,
+        ).to(s.device)
+        data = Views(images, net.views)
+        run = s.open_run()
+        steps_per_epoch, total, warmup = epoch_schedule(len(data), s.global_batch, cfg)
+        if s.main:
+            print(
+                f"pretrain-baseline {cfg.method}: {cfg.backbone} on {len(data)} images at "
+                f"{cfg.image_size[0]}x{cfg.image_size[1]}, {total} steps "
+                f"({total / steps_per_epoch:g} epochs) of global batch {s.global_batch}, "
+                f"device {s.device}"
+            )
 
-    def step_fn(step: int, batch) -> dict[str, torch.Tensor]:
-        # the rank's batch_size x accum_steps images in one pass: a contrastive loss needs its
-        # negatives together, and a momentum encoder moves once per step
-        _idx, *views = batch
-        views = [v.to(device, non_blocking=True) for v in views]  # 2 x (B, 3, H, W)
-        with autocast(device, cfg.precision):
-            # forward = the method's loss; momentum encoders are frozen, DDP skips them
-            loss = model(views, step / max(1, total - 1))
-        loss.float().backward()
-        return {"loss": loss.detach().float()}
+        def micro_step(model, views, keys, step) -> dict[str, torch.Tensor]:
+            # views: 2 x (B, 3, H, W). The forward is the method's loss; momentum encoders
+            # are frozen, DDP skips them
+            loss = model(list(views), step / max(1, total - 1))
+            return {"loss": loss.float()}
 
-    train_s = optimize(
-        loader,
-        sampler,
-        step_fn,
-        net,
-        opt,
-        run,
-        env,
-        cfg,
-        start=start,
-        total=total,
-        warmup=warmup,
-        desc=f"pretrain {cfg.method}",
-        steps_per_epoch=steps_per_epoch,
-    )
-    if env.main:
-        atomic_save(
-            {
-                "backbone": cfg.backbone,
-                "method": cfg.method,
-                "strides": net.backbone.strides,
-                "backbone_state": net.backbone.state_dict_for_export(),
-                "image_size": cfg.image_size,
-                "steps": total,
-                "train_time_s": train_s,
-            },
-            run.dir / "final.pt",
-        )
-        print(f"wrote {run.dir / 'final.pt'}; export it with `dreamteacher export {run.dir}`")
-    dist.teardown(env)
-    return run.dir
+        # the rank's batch_size x accum_steps images in one pass (accum=1): a contrastive
+        # loss needs its negatives together, and a momentum encoder moves once per step
+        train_s = s.fit(
+            net, micro_step, data, run, total=total, warmup=warmup,
+            desc=f"pretrain {cfg.method}", steps_per_epoch=steps_per_epoch, accum=1,
+        )  # fmt: skip
+        if s.main:
+            atomic_save(
+                {
+                    "backbone": cfg.backbone,
+                    "method": cfg.method,
+                    "strides": net.backbone.strides,
+                    "backbone_state": net.backbone.state_dict_for_export(),
+                    "image_size": cfg.image_size,
+                    "steps": total,
+                    "train_time_s": train_s,
+                },
+                run.dir / "final.pt",
+            )
+            print(f"wrote {run.dir / 'final.pt'}; export it with `dreamteacher export {run.dir}`")
+        return run.dir

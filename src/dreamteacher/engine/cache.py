@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dreamteacher.config import CacheConfig, save_config
+from dreamteacher.config import CacheConfig
 from dreamteacher.data import unlabeled_images
-from dreamteacher.engine.common import loader_workers, resolve_device, track
 from dreamteacher.errors import UserError
-from dreamteacher.teachers import load_teacher
+from dreamteacher.runfiles import save_config, track
+from dreamteacher.runtime import loader_workers, resolve_device
+from dreamteacher.teachers import resolve_teacher
 from dreamteacher.teachers.cache import build_cache
-from dreamteacher.teachers.diffusion import teacher_image_size
 
 
 def cache_features(cfg: CacheConfig) -> Path:
     device = resolve_device(cfg.device)
     if not cfg.out:
         raise UserError("no output folder; pass --out DIR")
-    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides).to(device)
-    size = cfg.image_size or teacher_image_size(cfg.teacher)
-    if size is None:
-        raise UserError("the teacher folder does not say its resolution; pass --image-size")
-    cfg.image_size = list(size)
+    teacher = resolve_teacher(cfg).to(device)
     data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
     if cfg.compile_teacher:
         teacher.compile_features()

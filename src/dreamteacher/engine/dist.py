@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dreamteacher.engine.common import resolve_device
 from dreamteacher.errors import UserError
+from dreamteacher.runtime import resolve_device
 
 # how long the other ranks wait at the end of a command for rank 0's export and evaluation
 FINISH_TIMEOUT = timedelta(hours=24)

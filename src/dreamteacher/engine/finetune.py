@@ -8,11 +8,13 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from dreamteacher.config import FinetuneConfig
-from dreamteacher.engine import dist
-from dreamteacher.engine.common import Run, atomic_save, seed_everything
-from dreamteacher.engine.supervised import LabelledData, evaluate_and_report, fit
+from dreamteacher.engine.session import Session
+from dreamteacher.engine.supervised import LabelledData, evaluate_and_report
 from dreamteacher.errors import UserError
 from dreamteacher.export import read_exported
+from dreamteacher.randomness import keyed_hflip
+from dreamteacher.runfiles import atomic_save
+from dreamteacher.runtime import seed_everything
 from dreamteacher.student import Backbone, Segmenter
 
 
@@ -36,48 +38,49 @@ def build_segmenter(backbone: str, weights: str, num_classes: int, ch: int = 256
 def finetune(cfg: FinetuneConfig) -> dict:
     """Train, evaluate on the test split (val if none), write RUN/metrics.json; return it.
     Runs under torchrun too (DDP over backbone + head; evaluation on rank 0)."""
-    env, device = dist.setup(cfg.device)
-    data = LabelledData(cfg)
-    folder = data.folder
-    seed_everything(cfg.seed)  # same init on every rank
-    net = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes, cfg.head_channels)
-    if cfg.freeze_backbone:
-        net.freeze_backbone()
-    net = net.to(device)
-    run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
-    data.save_ids(run, cfg.seed)
-    if env.main:
-        print(
-            f"finetune{' (frozen backbone)' if cfg.freeze_backbone else ''}: "
-            f"{cfg.backbone} ({cfg.weights}) on {len(data.train_ids)} labelled images, "
-            f"{folder.num_classes} classes, {cfg.steps} steps of global batch "
-            f"{cfg.batch_size * env.world_size * cfg.accum_steps} at "
-            f"{cfg.image_size[0]}x{cfg.image_size[1]}, device {device}"
+    with Session(cfg) as s:
+        data = LabelledData(cfg)
+        folder = data.folder
+        seed_everything(cfg.seed)  # same init on every rank
+        net = build_segmenter(cfg.backbone, cfg.weights, folder.num_classes, cfg.head_channels)
+        if cfg.freeze_backbone:
+            net.freeze_backbone()
+        net = net.to(s.device)
+        run = s.open_run()
+        data.save_ids(run, cfg.seed)
+        if s.main:
+            print(
+                f"finetune{' (frozen backbone)' if cfg.freeze_backbone else ''}: "
+                f"{cfg.backbone} ({cfg.weights}) on {len(data.train_ids)} labelled images, "
+                f"{folder.num_classes} classes, {cfg.steps} steps of global batch "
+                f"{s.global_batch} at {cfg.image_size[0]}x{cfg.image_size[1]}, device {s.device}"
+            )
+
+        def micro_step(model, batch, keys, step):
+            x, y = keyed_hflip(keys, *batch)  # B, 3, H, W and B, H, W
+            logits = model(x)  # B, K, H, W
+            return {"loss": F.cross_entropy(logits.float(), y, ignore_index=folder.ignore_index)}
+
+        train_time = s.fit(
+            net, micro_step, data.train, run, total=cfg.steps, warmup=cfg.warmup_steps,
+            desc="finetune", reseed=True,
+        )  # fmt: skip
+        if not s.main:
+            return {}
+        metrics = evaluate_and_report(
+            net,
+            data,
+            cfg,
+            run,
+            s.device,
+            backbone=cfg.backbone,
+            weights=cfg.weights,
+            steps=cfg.steps,
+            freeze_backbone=cfg.freeze_backbone,
+            train_time_s=train_time,
         )
-
-    def step(model, x, y, keys):
-        logits = model(x)  # B, K, H, W
-        return {"loss": F.cross_entropy(logits.float(), y, ignore_index=folder.ignore_index)}
-
-    train_time = fit(cfg, net, step, data.train, run, env, device, cfg.steps, cfg.warmup_steps)
-    if not env.main:
-        dist.teardown(env)
-        return {}
-    metrics = evaluate_and_report(
-        net,
-        data,
-        cfg,
-        run,
-        device,
-        backbone=cfg.backbone,
-        weights=cfg.weights,
-        steps=cfg.steps,
-        freeze_backbone=cfg.freeze_backbone,
-        train_time_s=train_time,
-    )
-    atomic_save(net.state_dict(), run.dir / "model.pt")
-    dist.teardown(env)
-    return metrics
+        atomic_save(net.state_dict(), run.dir / "model.pt")
+        return metrics
 
 
 def load_metrics(run: str | Path) -> dict:

@@ -1,38 +1,20 @@
 """What every supervised segmentation command shares (finetune, train-interpreter,
-train-ddpm-seg): N labelled images of a mask folder, their keyed flips and micro-batches as
-the step that engine/loop.py runs (warm-up + cosine AdamW, checkpoints and resume, DDP),
-then the test-split evaluation written to RUN/metrics.json."""
+train-ddpm-seg): N labelled images of a mask folder (trained through engine/session.py), then
+the test-split evaluation written to RUN/metrics.json."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dreamteacher.data import MaskFolder, select_labeled
-from dreamteacher.engine import dist
-from dreamteacher.engine.common import (
-    Run,
-    atomic_json,
-    autocast,
-    loader_workers,
-    micro_batches,
-    param_groups,
-    restore,
-    seed_everything,
-    track,
-    training_loader,
-)
-from dreamteacher.engine.loop import optimize
-from dreamteacher.engine.randomness import keyed_hflip, sample_keys
 from dreamteacher.errors import UserError
 from dreamteacher.eval import confusion_matrix, iou_per_class, mean_iou
-
-# (model, images # B,3,H,W, masks # B,H,W, sample keys) -> {"loss": ..., other logged terms}
-StepFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, list[int]], dict[str, torch.Tensor]]
+from dreamteacher.runfiles import Run, atomic_json, track
+from dreamteacher.runtime import loader_workers, seed_everything
 
 
 class LabelledData:
@@ -56,60 +38,6 @@ class LabelledData:
                 {"labels": len(self.train_ids), "seed": seed, "ids": self.train_ids},
                 run.dir / "labeled_ids.json",
             )
-
-
-def fit(
-    cfg: Any,
-    net: torch.nn.Module,
-    step_fn: StepFn,
-    train_set,
-    run: Run,
-    env: dist.DistEnv,
-    device: torch.device,
-    steps: int,
-    warmup: int,
-    betas: tuple[float, float] = (0.9, 0.999),
-    desc: str = "finetune",
-) -> float:
-    """Train `net`'s trainable parameters for `steps` steps; checkpoints `net.state_dict()`.
-    Returns the training wall time in seconds."""
-    opt = torch.optim.AdamW(param_groups(net, cfg.weight_decay), lr=cfg.lr, betas=betas)
-    start = restore(run, cfg.resume, net, opt)
-    if start == 0:
-        seed_everything(cfg.seed + env.rank)  # dropout noise: its own stream per rank
-    model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
-    sampler, loader = training_loader(train_set, cfg, env, device, start, steps)
-
-    def one_step(step: int, batch) -> dict[str, torch.Tensor]:
-        idx, x, y = batch  # B, and B, 3, H, W and B, H, W: this rank's share
-        terms: dict[str, torch.Tensor] = {}
-        for m, (idx_m, x_m, y_m) in micro_batches(cfg.accum_steps, idx, x, y):
-            keys = sample_keys(cfg.seed, step, idx_m)
-            x_m, y_m = keyed_hflip(keys, x_m.to(device), y_m.to(device))  # B,3,H,W / B,H,W
-            with (
-                autocast(device, cfg.precision),
-                dist.no_sync(model, sync=m == cfg.accum_steps - 1),
-            ):
-                losses = step_fn(model, x_m, y_m, keys)
-                (losses["loss"] / cfg.accum_steps).backward()
-            for k, v in losses.items():
-                terms[k] = terms.get(k, 0.0) + v.detach().float() / cfg.accum_steps
-        return terms
-
-    return optimize(
-        loader,
-        sampler,
-        one_step,
-        net,
-        opt,
-        run,
-        env,
-        cfg,
-        start=start,
-        total=steps,
-        warmup=warmup,
-        desc=desc,
-    )
 
 
 @torch.no_grad()

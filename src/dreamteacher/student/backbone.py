@@ -6,6 +6,7 @@ import timm
 import torch
 from torch import nn
 
+from dreamteacher.config import STRIDES
 from dreamteacher.errors import UserError
 
 
@@ -13,7 +14,7 @@ class Backbone(nn.Module):
     """A full timm model (its own module names, so its weights export without prefixes) whose
     classifier head is pruned; forward returns the maps at `strides`."""
 
-    def __init__(self, name: str, strides: list[int] = (4, 8, 16, 32), **timm_kwargs):
+    def __init__(self, name: str, strides: list[int] = tuple(STRIDES), **timm_kwargs):
         super().__init__()
         try:
             model = timm.create_model(name, pretrained=False, **timm_kwargs)

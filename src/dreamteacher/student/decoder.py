@@ -1,6 +1,6 @@
 """The UPerNet decoder (PPM on C5 + FPN top-down over C2..C5), shared by the feature regressor
-(METHOD.md section 2) and the segmentation head, UPerNet's fused class-logit head, and a light
-variant of that head for label distillation."""
+(docs/method.md, "Student and regressor") and the segmentation head, UPerNet's fused
+class-logit head, and a light variant of that head for label distillation."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Feature regressor: UPerNet decoder + one 1x1 conv per level to the teacher's channels, and
-for label/mix distillation a logit head on the same decoder (METHOD.md sections 2 and 4).
-Thrown away after pretraining."""
+for label/mix distillation a logit head on the same decoder (docs/method.md, "Student and
+regressor" and "Label distillation and mix distillation"). Thrown away after pretraining."""
 
 from __future__ import annotations
 

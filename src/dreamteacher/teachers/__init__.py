@@ -1,4 +1,5 @@
-"""Teachers: generative models read as multi-scale feature extractors (METHOD.md section 1)."""
+"""Teachers: generative models read as multi-scale feature extractors (docs/method.md,
+"Teacher")."""
 
 from dreamteacher.teachers import diffusion as _diffusion  # noqa: F401  (registers entries)
 from dreamteacher.teachers.base import (
@@ -7,6 +8,7 @@ from dreamteacher.teachers.base import (
     list_teachers,
     load_teacher,
     register_teacher,
+    resolve_teacher,
 )
 from dreamteacher.teachers.diffusion import PRESETS, DiffusionTeacher, build_unet
 
@@ -19,4 +21,5 @@ __all__ = [
     "list_teachers",
     "load_teacher",
     "register_teacher",
+    "resolve_teacher",
 ]

@@ -17,11 +17,35 @@ from torch import nn
 from dreamteacher.errors import UserError
 
 
+def check_divisible(size: list[int], div: int) -> None:
+    """A one-line error unless H and W are multiples of `div`, a UNet's total stride."""
+    h, w = size
+    if h % div or w % div:
+        raise UserError(
+            f"image size {h}x{w} is not divisible by {div}, the teacher UNet's total stride; "
+            f"pick a multiple of {div} (--image-size)"
+        )
+
+
 class Teacher(nn.Module):
-    """Base class: subclasses set `channels`, `strides` and implement `features`."""
+    """Base class: subclasses set `channels`, `strides` and implement `features`.
+    `min_divisor`: what H and W must be multiples of; `image_size`: the (H, W) the teacher was
+    trained at, when known."""
 
     channels: list[int]
     strides: list[int]
+    min_divisor: int = 1
+    image_size: list[int] | None = None
+
+    def input_size(self, size: list[int] | None = None) -> list[int]:
+        """`size` (H, W), or by default the resolution the teacher was trained at; checked
+        against `min_divisor`."""
+        if size is None:
+            if self.image_size is None:
+                raise UserError("the teacher folder does not say its resolution; pass --image-size")
+            size = self.image_size
+        check_divisible(size, self.min_divisor)
+        return [int(size[0]), int(size[1])]
 
     def features(self, x: torch.Tensor, keys: list[int] | None = None) -> list[torch.Tensor]:
         """`keys`: optional per-sample ints that fix each sample's randomness."""
@@ -88,6 +112,8 @@ def create_teacher(name: str, **kwargs: Any) -> Teacher:
 
 def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
     """Load a teacher from a run folder of `train-teacher` or a local diffusers checkpoint."""
+    if not path:
+        raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"teacher {path} is not a folder; pass the --out folder of train-teacher")
@@ -98,3 +124,12 @@ def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
         f"{path} holds no teacher (expected unet/config.json from train-teacher or a diffusers "
         "UNet2DModel folder); run train-teacher first"
     )
+
+
+def resolve_teacher(cfg: Any) -> Teacher:
+    """The frozen teacher a command's config names (cfg.teacher read at cfg.t, cfg.strides),
+    with cfg.image_size set: by default to the teacher's training resolution, and checked
+    against its total stride."""
+    teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides)
+    cfg.image_size = teacher.input_size(cfg.image_size)
+    return teacher

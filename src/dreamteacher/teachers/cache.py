@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dreamteacher.engine.randomness import mix
 from dreamteacher.errors import UserError
+from dreamteacher.randomness import mix
+from dreamteacher.runfiles import atomic_json
+from dreamteacher.runtime import autocast, resolve_precision
 
 
 def build_cache(
@@ -61,8 +63,6 @@ def build_cache(
     they hold; `resume=True` continues an interrupted build from there. With the same
     settings on the same device the files come out byte-identical to an uninterrupted
     build's; the settings are checked, the device is not."""
-    from dreamteacher.engine.common import atomic_json, autocast, resolve_precision
-
     device = torch.device(device)
     precision = resolve_precision(device, precision)  # checked before anything is written
     out = Path(out)

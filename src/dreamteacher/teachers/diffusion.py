@@ -1,6 +1,6 @@
 """The diffusion teacher: a diffusers UNet2DModel + DDPMScheduler read by stochastic encoding.
 
-Features (METHOD.md section 1): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with fresh noise,
+Features (docs/method.md, "Teacher"): x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with fresh noise,
 one UNet pass at t, and the output of the last layer of each decoder resolution BEFORE its
 upsampler (`up_blocks[i].attentions[-1]` when the block has attention, else
 `up_blocks[i].resnets[-1]`). Up block i of an L-level UNet runs at stride 2^(L-1-i).
@@ -22,8 +22,11 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from dreamteacher.config import STRIDES, T
 from dreamteacher.errors import UserError
-from dreamteacher.teachers.base import Teacher, register_loader, register_teacher
+from dreamteacher.randomness import keyed_randint, keyed_randn
+from dreamteacher.runfiles import track
+from dreamteacher.teachers.base import Teacher, check_divisible, register_loader, register_teacher
 
 # UNet sizes. base follows the paper's in-domain ADM (256 ch base, mult 1,1,2,2,4,4, 2 res
 # blocks, attention at 32/16/8 px for 256 px input) at half width.
@@ -80,13 +83,8 @@ def unet_kwargs(
 def build_unet(image_size: list[int], preset: str = "tiny", **overrides: Any) -> UNet2DModel:
     """A fresh UNet2DModel for RGB images of `image_size` (H, W)."""
     kw = unet_kwargs(preset, **overrides)
-    div = 2 ** (len(kw["block_out_channels"]) - 1)
+    check_divisible(image_size, 2 ** (len(kw["block_out_channels"]) - 1))
     h, w = image_size
-    if h % div or w % div:
-        raise UserError(
-            f"image_size {h}x{w} is not divisible by {div} (the UNet downsamples "
-            f"{len(kw['block_out_channels']) - 1} times); pick a multiple of {div}"
-        )
     return UNet2DModel(sample_size=(h, w), in_channels=3, out_channels=3, **kw)
 
 
@@ -113,16 +111,18 @@ class DiffusionTeacher(Teacher):
         self,
         unet: UNet2DModel,
         scheduler: DDPMScheduler,
-        t: list[int] | int = 50,
-        strides: list[int] = (4, 8, 16, 32),
+        t: list[int] | int = tuple(T),
+        strides: list[int] = tuple(STRIDES),
+        image_size: list[int] | None = None,
     ):
         super().__init__()
+        self.image_size = None if image_size is None else list(image_size)  # trained at
         self.unet = unet.eval().requires_grad_(False)
         self.scheduler = scheduler
         self.t = [int(v) for v in ([t] if isinstance(t, int) else t)]
-        T = scheduler.config.num_train_timesteps
-        if any(v < 0 or v >= T for v in self.t):
-            raise UserError(f"t={self.t} must lie in 0..{T - 1}")
+        steps = scheduler.config.num_train_timesteps
+        if any(v < 0 or v >= steps for v in self.t):
+            raise UserError(f"t={self.t} must lie in 0..{steps - 1}")
         self.register_buffer(
             "alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False
         )
@@ -236,19 +236,13 @@ class DiffusionTeacher(Teacher):
         """x # B, 3, H, W in [0, 1] -> list of # B, C_l, H/s_l, W/s_l. With `keys` (one int per
         sample) each sample's t and noise come from its key; else from the global RNG."""
         B, _, H, W = x.shape
-        if H % self.min_divisor or W % self.min_divisor:
-            raise UserError(
-                f"input {H}x{W} is not divisible by {self.min_divisor}, the teacher UNet's "
-                "total downsampling; change --image-size"
-            )
+        check_divisible([H, W], self.min_divisor)
         x0 = x * 2 - 1
         ts = torch.tensor(self.t, device=x.device)
         if keys is None:
             t = ts[torch.randint(len(self.t), (B,), device=x.device)]  # one t per sample
             noise = torch.randn_like(x0)
         else:
-            from dreamteacher.engine.randomness import keyed_randint, keyed_randn
-
             t = ts[keyed_randint(keys, len(self.t)).to(x.device)]
             noise = keyed_randn(keys, tuple(x0.shape[1:]), x.device).to(x0.dtype)
         ab = self.alphas_cumprod.to(x.device)[t].view(B, 1, 1, 1)
@@ -276,8 +270,6 @@ def sample_images(
     ddim.set_timesteps(steps)
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, 3, *image_size, generator=g).to(device)
-    from dreamteacher.engine.common import track
-
     for t in track(ddim.timesteps, "sample"):
         eps = unet(x, t.to(device)).sample
         x = ddim.step(eps, t, x).prev_sample
@@ -288,8 +280,8 @@ def sample_images(
 def diffusion_teacher(
     image_size: list[int] = (64, 64),
     preset: str = "tiny",
-    t: list[int] | int = 50,
-    strides: list[int] = (4, 8, 16, 32),
+    t: list[int] | int = tuple(T),
+    strides: list[int] = tuple(STRIDES),
     **unet_overrides: Any,
 ) -> DiffusionTeacher:
     """A randomly initialised diffusion teacher (for tests and as the start of train-teacher)."""
@@ -298,6 +290,7 @@ def diffusion_teacher(
         build_scheduler(),
         t=t,
         strides=strides,
+        image_size=list(image_size),
     )
 
 
@@ -317,10 +310,11 @@ def _is_unet(path: Path) -> bool:
 
 @register_loader(lambda p: _is_run(p) or _is_unet(p))
 def load_diffusion_teacher(
-    path: Path, t: list[int] | int = 50, strides: list[int] = (4, 8, 16, 32)
+    path: Path, t: list[int] | int = tuple(T), strides: list[int] = tuple(STRIDES)
 ) -> DiffusionTeacher:
-    """From a train-teacher run (unet/ + scheduler/) or a bare diffusers UNet2DModel folder
-    (then the scheduler is the standard 1000-step linear DDPM)."""
+    """From a train-teacher run (unet/ + scheduler/ + teacher.json, which gives the training
+    resolution) or a bare diffusers UNet2DModel folder (then the scheduler is the standard
+    1000-step linear DDPM, and the resolution unknown)."""
     unet_dir = path / "unet" if _is_run(path) else path
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
@@ -332,12 +326,6 @@ def load_diffusion_teacher(
         if (sched_dir / "scheduler_config.json").exists()
         else build_scheduler()
     )
-    return DiffusionTeacher(unet, scheduler, t=t, strides=strides)
-
-
-def teacher_image_size(path: str | Path) -> list[int] | None:
-    """The resolution a train-teacher run was trained at (from teacher.json), if known."""
-    meta = Path(path) / "teacher.json"
-    if meta.exists():
-        return list(json.loads(meta.read_text())["image_size"])
-    return None
+    meta = path / "teacher.json"
+    size = json.loads(meta.read_text())["image_size"] if meta.exists() else None
+    return DiffusionTeacher(unet, scheduler, t=t, strides=strides, image_size=size)

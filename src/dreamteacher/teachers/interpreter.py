@@ -1,6 +1,7 @@
 """The feature interpreter: a small segmentation head on a frozen teacher's features
-(METHOD.md section 4), trained on a few labelled images by `train-interpreter`. It is "the
-teacher itself as a segmenter", and in label/mix distillation it soft-labels every image.
+(docs/method.md, "Label distillation and mix distillation"), trained on a few labelled images
+by `train-interpreter`. It is "the teacher itself as a segmenter", and in label/mix
+distillation it soft-labels every image.
 
     coarsest map ─1x1─up─┐
                  finer map┴─cat─dwsep 3x3─GN─SiLU ─1x1─up─┐
@@ -21,6 +22,7 @@ from torch import nn
 
 from dreamteacher.errors import UserError
 from dreamteacher.losses import whiten
+from dreamteacher.runfiles import atomic_save
 from dreamteacher.teachers.base import OnTeacher, Teacher
 
 
@@ -91,8 +93,6 @@ class TeacherSegmenter(OnTeacher):
 
 
 def save_interpreter(path: str | Path, interp: FeatureInterpreter, meta: dict[str, Any]) -> None:
-    from dreamteacher.engine.common import atomic_save
-
     atomic_save(
         {
             "state": interp.state_dict(),

@@ -1,0 +1,28 @@
+"""The pretraining images of a command's `--data`: an image folder, or the images of a mask
+folder (all of them, or only those of some splits, so that test images stay unseen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dreamteacher.data.folder import ImageFolder
+from dreamteacher.data.segmentation import MaskFolder
+from dreamteacher.errors import UserError
+
+
+def unlabeled_images(
+    data: str | Path, image_size: list[int], splits: list[str] | None = None, strict: bool = False
+):
+    """The pretraining images: every image under `data`, or, when `splits` is given and `data`
+    is a mask folder, only the images listed in those splits (test images stay unseen)."""
+    root = Path(data)
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        root = root / "images"  # a mask folder: its masks are not training images
+    if not splits:
+        return ImageFolder(root, image_size, strict=strict)
+    folder = MaskFolder(data, strict=strict)
+    unknown = [s for s in splits if s not in folder.splits]
+    if unknown:
+        raise UserError(f"split '{unknown[0]}' not in {folder.root}; have {list(folder.splits)}")
+    ids = sorted({i for s in splits for i in folder.splits[s]})
+    return ImageFolder(folder.root / "images", image_size, ids, strict=strict)
