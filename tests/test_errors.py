@@ -1,5 +1,6 @@
 """Bad input: one clear line naming the file and the fix, exit code 2, no traceback."""
 
+import shutil
 import subprocess
 import sys
 
@@ -8,6 +9,8 @@ import pytest
 from PIL import Image
 
 from dreamteacher.cli import main
+from dreamteacher.errors import UserError
+from dreamteacher.teachers import load_teacher
 
 
 def run_cli(args, capsys):
@@ -180,3 +183,16 @@ def test_bad_demo_setting(capsys, tmp_path):
     assert code == 2 and "unknown config key 'teacher_stepz'" in err[0]
     assert "teacher_steps" in err[0]  # the valid keys are listed
     assert not (tmp_path / "d").exists()
+
+
+def test_unreadable_teacher_json_is_one_line(teacher_run, tmp_path):
+    """A train-teacher run whose teacher.json is damaged: loading names the file and the fix;
+    without the file the teacher loads with no recorded resolution."""
+    run = tmp_path / "teacher"
+    shutil.copytree(teacher_run, run)
+    assert load_teacher(str(run)).image_size == [32, 32]
+    (run / "teacher.json").write_text('{"image_size": [32,')
+    with pytest.raises(UserError, match=r"cannot read .*teacher\.json \(JSONDecodeError\)"):
+        load_teacher(str(run))
+    (run / "teacher.json").unlink()
+    assert load_teacher(str(run)).image_size is None

@@ -60,3 +60,13 @@ def test_export_of_a_corrupt_final(tmp_path):
     (tmp_path / "final.pt").write_bytes(b"\x80\x04 truncated")
     with pytest.raises(UserError, match="final.pt is unreadable"):
         dt.export(tmp_path, tmp_path / "bb")
+
+
+@pytest.mark.parametrize("key", ["strides", "image_size", "backbone_state"])
+def test_export_of_a_final_missing_a_key(pretrain_run, tmp_path, key):
+    state = torch.load(pretrain_run / "final.pt", weights_only=False)
+    del state[key]
+    torch.save(state, tmp_path / "final.pt")
+    with pytest.raises(UserError, match=r"final\.pt is unreadable \(KeyError\)"):
+        dt.export(tmp_path, tmp_path / "bb")
+    assert not (tmp_path / "bb").exists()  # nothing half-written

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from typing import Any
 
 from dreamteacher import config as C
 from dreamteacher.benchmarking.config import BenchmarkConfig
@@ -81,6 +82,8 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
         if base is bool:
             kw.update(action="store_true", default=None)
         elif typing.get_origin(base) is list:  # integers; the tokens after them are overrides
+            if typing.get_args(base) != (int,):
+                raise TypeError(f"--{f.name}: a list flag must be list[int], not {base}")
             kw.update(nargs="+", metavar="N")
         else:
             kw.update(type=base if base in (int, float) else str)
@@ -114,7 +117,7 @@ def _split_numbers(args: argparse.Namespace, key: str) -> None:
     """`--image-size 64 80 lr=1e-3`: argparse gives a list flag every token; the leading
     integers are the flag's, the rest are key=value overrides."""
     tokens = getattr(args, key, None)
-    if tokens is None:
+    if not isinstance(tokens, list):  # not a list flag, or not given
         return
     k = 0
     while k < len(tokens) and tokens[k].lstrip("-").isdigit():
@@ -126,7 +129,7 @@ def _split_numbers(args: argparse.Namespace, key: str) -> None:
 
 
 def _api(name: str):
-    """The API function of a command, imported late: `--help` stays fast."""
+    """The function that runs a command, imported only when one runs."""
     if name == "benchmark":
         from dreamteacher.benchmarking import benchmark
 
@@ -140,22 +143,33 @@ def _api(name: str):
     return getattr(api, name)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed arguments; `overrides` holds every key=value wherever it stood, `flags`
+    the command's flag keys."""
     parser, flags = build_parser()
-    # key=value overrides may sit anywhere among the options
     args, extra = parser.parse_known_args(argv)
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = list(getattr(args, "overrides", None) or []) + extra
+    args.flags = flags.get(args.command, [])
+    return args
+
+
+def flag_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments the command's function gets from the flags given."""
+    for key in args.flags:
+        _split_numbers(args, key)
+    return {k: getattr(args, k) for k in args.flags if getattr(args, k) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     try:
         if args.command == "export":
             _api("export")(args.run, args.out)
             return 0
-        for key in flags[args.command]:
-            if isinstance(getattr(args, key), list):
-                _split_numbers(args, key)
-        kw = {k: getattr(args, k) for k in flags[args.command] if getattr(args, k) is not None}
+        kw = flag_kwargs(args)
         _api(COMMANDS[args.command][2])(config=args.config, overrides=args.overrides, **kw)
         return 0
     except UserError as e:

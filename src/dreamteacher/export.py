@@ -28,7 +28,8 @@ def export(run: str | Path, out: str | Path) -> Path:
         raise UserError(f"{final} not found; finish `dreamteacher pretrain --out {run}` first")
     try:
         state = torch.load(final, map_location="cpu", weights_only=False)
-        name = state["backbone"]
+        name, strides, size = state["backbone"], state["strides"], state["image_size"]
+        state["backbone_state"]
     except Exception as e:  # noqa: BLE001 - truncated or foreign file
         raise UserError(
             f"{final} is unreadable ({type(e).__name__}); re-run pretrain with "
@@ -36,7 +37,7 @@ def export(run: str | Path, out: str | Path) -> Path:
         ) from None
     # what pretraining trains: the model without the head that Backbone prunes (fc for a
     # ResNet; norm + fc for a ConvNeXt; conv_head, bn2 and classifier for an EfficientNet)
-    trained = set(Backbone(name, state["strides"]).model.state_dict())
+    trained = set(Backbone(name, strides).model.state_dict())
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False)
     missing, unexpected = model.load_state_dict(state["backbone_state"], strict=False)
@@ -57,8 +58,8 @@ def export(run: str | Path, out: str | Path) -> Path:
             "num_features": model.num_features,
             "untrained_keys": sorted(missing),
             "method": state.get("method", "dreamteacher"),
-            "feature_strides": state["strides"],
-            "image_size": state["image_size"],
+            "feature_strides": strides,
+            "image_size": size,
             "source_run": str(run.resolve()),
         },
         out / "config.json",

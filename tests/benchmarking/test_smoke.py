@@ -30,6 +30,8 @@ def test_smoke_profile_end_to_end_then_cached(tmp_path):
     assert (out / "miou_vs_labels.png").stat().st_size > 5000
     stages = [c["stage"] for c in r["costs"]]
     assert stages[0].startswith("teacher") and len(stages) == 1 + 5 + 2 * 4
+    named = {"dreamteacher pretraining", "interpreter N4-seed0", "ddpm-seg N100-seed0"}
+    assert named | {"dt-mix-N4-seed0 pretraining"} <= set(stages)
     assert all(c["images_seen"] > 0 for c in r["costs"])
     test_ids = set(json.loads((data / "splits.json").read_text())["test"])
     sub = json.loads((out / "subsets" / "N4_seed0.json").read_text())

@@ -1,9 +1,13 @@
 """--resume continues from the last checkpoint and ends with the same weights as an
 uninterrupted run (CPU, same seed)."""
 
+import shutil
+
+import pytest
 import torch
 
 import dreamteacher as dt
+from dreamteacher.errors import UserError
 from tests.conftest import TINY_TEACHER, read_log, tiny_pretrain
 
 
@@ -32,8 +36,6 @@ def test_pretrain_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
 def test_train_teacher_resume_matches_uninterrupted(scenes, teacher_run, tmp_path):
     """The fixture run went 4 steps with checkpoints at 2 and 4; a copy cut back to step 2 and
     resumed must end with the same EMA teacher weights."""
-    import shutil
-
     from diffusers import UNet2DModel
 
     b = tmp_path / "b"
@@ -44,3 +46,23 @@ def test_train_teacher_resume_matches_uninterrupted(scenes, teacher_run, tmp_pat
     wa = UNet2DModel.from_pretrained(teacher_run / "unet").state_dict()
     wb = UNet2DModel.from_pretrained(b / "unet").state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("part", ["model", "optimizer"])
+def test_resume_from_a_checkpoint_that_does_not_fit(scenes, teacher_run, tmp_path, part):
+    """A checkpoint whose weights or optimizer state no longer fit the model (e.g. written by
+    another library version) stops with one line naming the run, not a traceback."""
+    b = tmp_path / "b"
+    shutil.copytree(teacher_run, b)
+    (b / "checkpoints" / "step_00000004.pt").unlink()
+    ckpt = b / "checkpoints" / "step_00000002.pt"
+    state = torch.load(ckpt, weights_only=False)
+    if part == "model":
+        state["model"].pop(next(iter(state["model"])))
+    else:
+        state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]
+    torch.save(state, ckpt)
+    with pytest.raises(UserError) as e:
+        dt.train_teacher(data=str(scenes), out=str(b), resume=True, **TINY_TEACHER)
+    msg = str(e.value)
+    assert str(b) in msg and "does not fit" in msg and "\n" not in msg

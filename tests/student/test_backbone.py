@@ -13,6 +13,14 @@ import dreamteacher as dt
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from tests.conftest import BACKBONES
 
+# the modules pretraining does not train: the classifier head each family's Backbone prunes
+UNTRAINED = {
+    "resnet18": {"fc"},
+    "resnet50": {"fc"},
+    "convnext_tiny": {"head"},
+    "test_efficientnet": {"conv_head", "bn2", "classifier"},
+}
+
 
 @pytest.mark.parametrize("name", BACKBONES)
 def test_backbone_contract(name, tmp_path):
@@ -51,6 +59,7 @@ def test_backbone_contract(name, tmp_path):
     untrained = json.loads((out / "config.json").read_text())["untrained_keys"]
     fresh = {k for k in set(sd) - set(trained) if not k.endswith("num_batches_tracked")}
     assert set(untrained) == fresh and untrained
+    assert {k.split(".")[0] for k in untrained} == UNTRAINED[name]
     clf = model.pretrained_cfg["classifier"]
     head = (clf if isinstance(clf, str) else clf[0]).split(".")[0] + "."
     classifier = {k for k in sd if k.startswith(head)}  # always among the untrained

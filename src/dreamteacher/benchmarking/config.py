@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dreamteacher.baselines.ssl import METHODS
 from dreamteacher.config import (
     DDPM_SEG_T,
     LOGIT_HEADS,
@@ -22,8 +23,8 @@ from dreamteacher.config import (
 )
 from dreamteacher.errors import UserError
 
-# backbones pretrained once on the unlabeled images
-PRETRAINED = ["scratch", "dreamteacher", "simclr", "mocov2", "byol", "densecl"]
+# backbones pretrained once on the unlabeled images: none, DreamTeacher, each SSL baseline
+PRETRAINED = ["scratch", "dreamteacher", *METHODS]
 # backbones distilled from the interpreter of each (N, seed) labelled subset (docs/method.md,
 # "Label distillation and mix distillation")
 LABEL_DISTILLED = ["dt-mix", "dt-label"]

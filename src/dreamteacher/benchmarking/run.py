@@ -242,8 +242,8 @@ class Benchmark:
         print(f"benchmark: {name} N{n}-seed{seed}")
         teacher = CellRef(self.teacher(), "run")
         kw = {**self.base, "teacher": teacher, "labels": n, "seed": seed, **kw}
-        name = f"{name}-N{n}-seed{seed}"
-        return self._cell(name, command, kw, name, cleanup=cleanup, after=_metrics)
+        key, stage = f"{name}-N{n}-seed{seed}", f"{name} N{n}-seed{seed}"
+        return self._cell(key, command, kw, stage, cleanup=cleanup, after=_metrics)
 
     def interpreter(self, n: int, seed: int) -> Record:
         """The interpreter of one subset, computed once (dt-mix, dt-label and its own row)."""

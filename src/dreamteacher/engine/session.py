@@ -21,6 +21,7 @@ from torch import nn
 from dreamteacher.data import Indexed, ResumableBatchSampler, StepTagged
 from dreamteacher.engine import dist
 from dreamteacher.engine.loop import EMA, MicroStep, optimize
+from dreamteacher.errors import UserError
 from dreamteacher.runfiles import Run
 from dreamteacher.runtime import make_loader, seed_everything, set_rng_state
 
@@ -50,8 +51,15 @@ def restore(
     the RNG states; returns the step to continue from (0 for a fresh run)."""
     if not resume or (state := run.load_checkpoint()) is None:
         return 0
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as e:  # another model, or other parameter groups
+        first = str(e).strip().splitlines()[0]
+        raise UserError(
+            f"{run.dir}: its last checkpoint does not fit this model ({first}); resume with "
+            "the settings it was written with, or start a fresh --out"
+        ) from None
     if ema is not None:
         ema.module.load_state_dict(state["ema"])
     set_rng_state(state["rng"])
@@ -132,17 +140,21 @@ class Session:
         accum: int | None = None,
         step_keyed: bool = False,
         reseed: bool = False,
+        sync_bn: bool | None = None,
     ) -> float:
         """Train `net` (on the device) for `total` steps with `micro_step` (engine/loop.py)
         over `dataset`, resuming from `run`'s last checkpoint with --resume. `reseed`: a
         fresh run seeds the global RNG with seed + rank first (dropout, random pixel picks:
-        each rank its own stream). Returns the wall time of the steps run, in seconds."""
+        each rank its own stream). `sync_bn`: None follows cfg.sync_bn (a UNet has no
+        BatchNorm: train-teacher passes False). Returns the wall time of the steps run, in
+        seconds."""
         cfg, env, device = self.cfg, self.env, self.device
         opt = make_optimizer(net, cfg)
         start = restore(run, cfg.resume, net, opt, ema)
         if reseed and start == 0:
             seed_everything(cfg.seed + env.rank)
-        model = dist.wrap(net, env, device, cfg.sync_bn, cfg.compile)
+        sync_bn = cfg.sync_bn if sync_bn is None else sync_bn
+        model = dist.wrap(net, env, device, sync_bn, cfg.compile)
         sampler, loader = training_loader(dataset, cfg, env, device, start, total, step_keyed)
         return optimize(
             loader,

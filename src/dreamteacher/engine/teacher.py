@@ -66,6 +66,7 @@ def train_teacher(cfg: TeacherConfig) -> Path:
             lr_final_frac=0.1,
             max_grad_norm=1.0,
             ema=ema,
+            sync_bn=False,
         )
         if s.main:
             save_teacher(run.dir, ema.module, scheduler, cfg)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from dreamteacher.config import STRIDES, T
+from dreamteacher.config import IMAGE_SIZE, STRIDES, T
 from dreamteacher.errors import UserError
 from dreamteacher.randomness import keyed_randint, keyed_randn
 from dreamteacher.runfiles import track
@@ -278,7 +278,7 @@ def sample_images(
 
 @register_teacher("diffusion")
 def diffusion_teacher(
-    image_size: list[int] = (64, 64),
+    image_size: list[int] = tuple(IMAGE_SIZE),
     preset: str = "tiny",
     t: list[int] | int = tuple(T),
     strides: list[int] = tuple(STRIDES),
@@ -308,6 +308,20 @@ def _is_unet(path: Path) -> bool:
         return False
 
 
+def _trained_size(meta: Path) -> list[int] | None:
+    """The resolution a train-teacher run records in teacher.json (None without one)."""
+    if not meta.exists():
+        return None
+    try:
+        size = json.loads(meta.read_text()).get("image_size")
+        return None if size is None else [int(v) for v in size]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise UserError(
+            f"cannot read {meta} ({type(e).__name__}); restore it from the teacher run or "
+            "delete it (the resolution then comes from --image-size)"
+        ) from None
+
+
 @register_loader(lambda p: _is_run(p) or _is_unet(p))
 def load_diffusion_teacher(
     path: Path, t: list[int] | int = tuple(T), strides: list[int] = tuple(STRIDES)
@@ -326,6 +340,5 @@ def load_diffusion_teacher(
         if (sched_dir / "scheduler_config.json").exists()
         else build_scheduler()
     )
-    meta = path / "teacher.json"
-    size = json.loads(meta.read_text())["image_size"] if meta.exists() else None
+    size = _trained_size(path / "teacher.json")
     return DiffusionTeacher(unet, scheduler, t=t, strides=strides, image_size=size)
