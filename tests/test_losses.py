@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dreamteacher.losses import (
     at_level,
@@ -20,10 +21,15 @@ from dreamteacher.losses import (
 
 
 def test_whiten_matches_hand_computation():
-    f = torch.tensor([1.0, 2.0, 3.0, 6.0]).view(1, 4, 1, 1)  # one pixel, C = 4
-    mu, var = 3.0, (4 + 1 + 0 + 9) / 4  # 3.5
-    expect = torch.tensor([(v - mu) / math.sqrt(var + 1e-5) for v in (1, 2, 3, 6)])
-    assert torch.allclose(whiten(f).flatten(), expect, atol=1e-6)
+    """Two pixels of very different scale: each is normalised over its own channels (whitening
+    over the sample's pixels together would give other values)."""
+    f = torch.tensor([[1.0, 10.0], [3.0, 30.0]]).view(1, 2, 1, 2)  # C = 2, pixels A and B
+    # A: channels (1, 3), mean 2, var 1; B: channels (10, 30), mean 20, var 100
+    expect = torch.tensor(
+        [[-1 / math.sqrt(1 + 1e-5), -10 / math.sqrt(100 + 1e-5)],
+         [1 / math.sqrt(1 + 1e-5), 10 / math.sqrt(100 + 1e-5)]]
+    ).view(1, 2, 1, 2)  # fmt: skip
+    assert torch.allclose(whiten(f), expect, atol=1e-6)
 
 
 def test_whiten_is_per_pixel():
@@ -75,12 +81,18 @@ def test_feature_loss_total_and_terms():
     assert out["mse_l1"].item() == pytest.approx(mse_level(s[1], t[1]).item(), rel=1e-6)
 
 
-def test_loss_is_zero_for_perfect_student():
-    t = [torch.randn(2, 5, 6, 6)]
-    out = feature_distillation_loss([whiten(t[0])], t)
+def test_perfect_regression_and_its_attention_term():
+    """A prediction equal to the whitened teacher has zero MSE; its per-pixel energy is C
+    everywhere, so its attention map is uniform and L_AT against the raw teacher equals the
+    hand value mean((1/sqrt(HW) - Q_t)^2): the term on the regressor's prediction pulls it
+    away from what the MSE term asks (docs/method.md, "Losses")."""
+    t = torch.tensor([[1.0, 3.0], [0.0, 0.0]]).view(1, 2, 1, 2)  # raw energies 1 and 9
+    out = feature_distillation_loss([whiten(t)], [t])
     assert out["mse"].item() < 1e-10
-    # the whitened map's attention differs from the raw one, so AT stays > 0 in general
-    assert out["at"].item() >= 0
+    q_t = torch.tensor([1.0, 9.0]) / math.sqrt(1.0**2 + 9.0**2)
+    q_s = torch.full((2,), 1 / math.sqrt(2))
+    assert out["at"].item() == pytest.approx((q_s - q_t).pow(2).mean().item(), rel=1e-4)
+    assert out["at"].item() > 0.1
 
 
 def test_teacher_resized_bilinearly_to_student():
@@ -133,9 +145,20 @@ def test_label_distillation_temperature_and_gradient_scale():
 
 
 def test_label_distillation_is_minimal_at_the_teacher_and_resizes():
-    zt = torch.randn(1, 4, 2, 2)
-    at_teacher = label_distillation_loss(zt.clone(), zt)
-    assert at_teacher < label_distillation_loss(zt + torch.randn_like(zt), zt)
+    """L_ld(z_s, z_t) - L_ld(z_t, z_t) is tau^2 KL(p_t || p_s), the teacher's distribution
+    first (the reverse KL differs); its gradient vanishes at the teacher's logits."""
+    torch.manual_seed(0)
+    zt, zs = torch.randn(1, 4, 2, 2) * 3, torch.randn(1, 4, 2, 2) * 3
+    tau = 1.0
+    p_t, p_s = F.softmax(zt / tau, 1), F.softmax(zs / tau, 1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean() * tau**2
+    reverse = (p_s * (p_s.log() - p_t.log())).sum(1).mean() * tau**2
+    got = label_distillation_loss(zs, zt, tau) - label_distillation_loss(zt.clone(), zt, tau)
+    assert got.item() == pytest.approx(kl.item(), rel=1e-4)
+    assert abs(kl - reverse) > 0.05 * kl  # the two directions are told apart
+    z = zt.clone().requires_grad_(True)
+    label_distillation_loss(z, zt, tau).backward()
+    assert z.grad.abs().max() < 1e-6
     # a stride-4 teacher map against an 8x8 student map: bilinear resize, no error
     assert label_distillation_loss(torch.zeros(1, 4, 8, 8), zt).isfinite()
 
@@ -174,3 +197,19 @@ def test_mix_is_feature_plus_lambda_label():
     assert mix_distillation_loss(preds, targets)["loss"].item() == pytest.approx(feat.item())
     label_only = mix_distillation_loss([], targets, zs, zt)
     assert label_only["loss"].item() == pytest.approx(ld.item()) and "mse" not in label_only
+
+
+def test_attention_transfer_on_other_maps_than_the_regressed_ones():
+    """at_student (e.g. the backbone's stages, any channel count) replaces the predictions in
+    L_AT only; L_mse stays on the predictions."""
+    torch.manual_seed(0)
+    preds = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
+    teacher = [torch.randn(2, 4, 6, 6), torch.randn(2, 4, 3, 3)]
+    stages = [torch.randn(2, 16, 6, 6), torch.randn(2, 32, 3, 3)]
+    plain = feature_distillation_loss(preds, teacher, 10.0)
+    out = feature_distillation_loss(preds, teacher, 10.0, at_student=stages)
+    assert torch.equal(out["mse"], plain["mse"])
+    at = sum(at_level(s, t) for s, t in zip(stages, teacher, strict=True)) / 2
+    assert out["at"].item() == pytest.approx(at.item(), rel=1e-6)
+    assert out["loss"].item() == pytest.approx((plain["mse"] + 10 * at).item(), rel=1e-6)
+    assert out["at"].item() != pytest.approx(plain["at"].item(), rel=1e-3)

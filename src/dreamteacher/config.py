@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dreamteacher.errors import UserError
-from dreamteacher.losses import DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
+from dreamteacher.losses import AT_SOURCES, DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
 
 # Defaults that several commands (and the benchmark) share, each declared once here.
 STRIDES = [4, 8, 16, 32]  # the feature levels distilled: the student's C2..C5
@@ -175,6 +175,7 @@ class PretrainConfig(StudentOptions, TeacherFeatures, Unlabeled, ByEpochs, Train
     lr: float = 4e-3
     betas: list[float] = _list(PRETRAIN_BETAS)
     lambda_at: float = LAMBDA_AT
+    at_source: str = AT_SOURCES[0]  # L_AT on the regressor's predictions or the backbone's
     regressor_channels: int = 256
     feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)

@@ -11,6 +11,10 @@ import torch.nn.functional as F
 
 # the paper's weights (config.py's defaults read them from here)
 LAMBDA_AT = 10.0  # of L_AT in L_feat
+# what L_AT compares with the teacher's raw maps: the regressor's predictions (as the paper's
+# L_feat writes it) or the backbone's own stage outputs C2..C5 (channel-agnostic, as in
+# Zagoruyko & Komodakis 2017, where AT acts on the network's activations)
+AT_SOURCES = ("regressor", "backbone")
 LAMBDA_LD = 1.0  # of L_ld in L_mix
 TAU = 4.0  # softmax temperature of L_ld
 DICE_WEIGHT = 3.0  # of Dice in the interpreter's CE + Dice
@@ -50,14 +54,20 @@ def at_level(student: torch.Tensor, teacher_raw: torch.Tensor, p: int = 2) -> to
 
 
 def feature_distillation_loss(
-    student: list[torch.Tensor], teacher_raw: list[torch.Tensor], lambda_at: float = LAMBDA_AT
+    student: list[torch.Tensor],
+    teacher_raw: list[torch.Tensor],
+    lambda_at: float = LAMBDA_AT,
+    at_student: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """L_feat = L_mse + lambda_AT * L_AT; returns the total, each term and each level's terms."""
+    """L_feat = L_mse + lambda_AT * L_AT; returns the total, each term and each level's terms.
+    L_AT compares `at_student` (e.g. the backbone's C2..C5, any channels) with the teacher's
+    raw maps when given, else the regressor's predictions `student`."""
     out: dict[str, torch.Tensor] = {}
     mses, ats = [], []
-    for i, (s, t) in enumerate(zip(student, teacher_raw, strict=True)):
+    at_from = student if at_student is None else at_student
+    for i, (s, t, a_s) in enumerate(zip(student, teacher_raw, at_from, strict=True)):
         t = match_size(t.float(), s)
-        m, a = mse_level(s.float(), t), at_level(s.float(), t)
+        m, a = mse_level(s.float(), t), at_level(a_s.float(), match_size(t, a_s))
         out[f"mse_l{i}"], out[f"at_l{i}"] = m.detach(), a.detach()
         mses.append(m)
         ats.append(a)
@@ -126,6 +136,7 @@ def mix_distillation_loss(
     lambda_ld: float = LAMBDA_LD,
     tau: float = TAU,
     tau_squared: bool = True,
+    at_student: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """L = L_feat (when there are feature predictions) + lambda_ld * L_ld (when there are
     logits): feature distillation, label distillation, or both ("mix"; docs/method.md, "Label
@@ -133,7 +144,7 @@ def mix_distillation_loss(
     out: dict[str, torch.Tensor] = {}
     total = torch.zeros((), device=teacher_raw[0].device if teacher_raw else None)
     if preds:
-        out = feature_distillation_loss(preds, teacher_raw, lambda_at)
+        out = feature_distillation_loss(preds, teacher_raw, lambda_at, at_student)
         total = out["loss"]
     if student_logits is not None:
         ld = label_distillation_loss(student_logits, teacher_logits, tau, tau_squared)

@@ -86,7 +86,8 @@ def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path, capsys)
             labels=4,
             max_steps=2,
             channels=32,
-            device="cpu",
+            lr=1e-5,  # soft, near-uniform labels: the 1 % bound below is for reduction order,
+            device="cpu",  # which sharp labels from a trained interpreter amplify (2 % seen)
         )
         extra = ["--mode", "mix", "--interpreter", interp]
     common = [

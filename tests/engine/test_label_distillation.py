@@ -70,7 +70,7 @@ def _student_kl(state, teacher, interp, x, keys, mode="mix", head="uper"):
     reg = FeatureRegressor(bb.channels, channels, 256, interp.num_classes, head)
     s = Student(bb, reg).eval()
     if state is not None:
-        bb.load_state_dict(state["backbone_state"], strict=False)
+        bb.model.load_state_dict(state["backbone_state"], strict=True)  # every trained key
         s.regressor.load_state_dict(state["regressor_state"])
     soft = interp(teacher(x, keys))
     with torch.no_grad():

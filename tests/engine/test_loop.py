@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from dreamteacher.engine.dist import DistEnv
-from dreamteacher.engine.loop import EMA, forward_backward, lr_at, optimize
+from dreamteacher.engine.loop import (
+    EMA,
+    WARMUP_CAP,
+    cap_warmup,
+    forward_backward,
+    lr_at,
+    optimize,
+)
 from dreamteacher.randomness import sample_keys
 from dreamteacher.runfiles import Run
 
@@ -36,7 +43,7 @@ def _batches(n=10):
     return [(torch.tensor([k, k + 100]), torch.tensor([[float(k)], [k + 1.0]])) for k in range(n)]
 
 
-def _run(tmp_path, bad=(), decay=None, **kw):
+def _run(tmp_path, bad=(), decay=None, warmup=1, **kw):
     """w starts at 1; the loss of step k is (w - 1)^2 + k * w, so dL/dw = 2 (w - 1) + k.
     Plain SGD: w <- w - lr_k * grad. The steps in `bad` return a NaN loss."""
     w = torch.nn.Parameter(torch.ones(()))
@@ -70,7 +77,7 @@ def _run(tmp_path, bad=(), decay=None, **kw):
         cfg,
         start=0,
         total=5,
-        warmup=2,
+        warmup=warmup,
         desc="test",
         ema=ema,
         **kw,
@@ -85,7 +92,7 @@ def _by_hand(bad=(), clip=math.inf, decay=None):
         g = 2 * (w - 1) + k
         g = max(-clip, min(clip, g))
         if k not in bad:
-            w -= lr_at(k, 5, 2, 0.1) * g
+            w -= lr_at(k, 5, 1, 0.1) * g
             if decay is not None:
                 d = min(decay, (1 + k) / (10 + k))
                 e += (1 - d) * (w - e)
@@ -99,7 +106,7 @@ def test_schedule_logs_keys_and_checkpoints(tmp_path):
     assert seen == [sample_keys(0, k, torch.tensor([k, k + 100])) for k in range(5)]
     # one record per step: the warm-up + cosine lr, the terms, epochs and images seen
     assert [r["step"] for r in logs] == [1, 2, 3, 4, 5]
-    assert [r["lr"] for r in logs] == pytest.approx([lr_at(k, 5, 2, 0.1) for k in range(5)])
+    assert [r["lr"] for r in logs] == pytest.approx([lr_at(k, 5, 1, 0.1) for k in range(5)])
     assert [r["term"] for r in logs] == [0, 1, 2, 3, 4]
     assert [r["epoch"] for r in logs] == [0.5, 1.0, 1.5, 2.0, 2.5]
     assert [r["images_seen"] for r in logs] == [2, 4, 6, 8, 10]
@@ -108,7 +115,20 @@ def test_schedule_logs_keys_and_checkpoints(tmp_path):
     assert [p.name for p in run.checkpoints()] == [f"step_0000000{k}.pt" for k in (2, 4, 5)]
     last = torch.load(run.checkpoints()[-1], weights_only=False)
     assert last["model"]["w"].item() == pytest.approx(w) and "ema" not in last
-    assert last["lr_schedule"] == {"kind": "warmup_cosine", "total_steps": 5, "warmup_steps": 2}
+    assert last["lr_schedule"] == {"kind": "warmup_cosine", "total_steps": 5, "warmup_steps": 1}
+
+
+def test_warm_up_is_capped_when_the_run_is_short(tmp_path):
+    """A warm-up longer than WARMUP_CAP of the steps run (e.g. warm-up epochs with max_steps
+    cutting the run) is cut, with a warning: the lr peaks early and decays to the end."""
+    assert cap_warmup(1, 5) == 1 and cap_warmup(900, 500, warn=False) == int(WARMUP_CAP * 500)
+    with pytest.warns(UserWarning, match="warm-up of 4 steps cut to 1, 25% of the 5 steps"):
+        _, logs, _, run, _, _ = _run(tmp_path, warmup=4)
+    lrs = [r["lr"] for r in logs]
+    assert lrs == pytest.approx([lr_at(k, 5, 1, 0.1) for k in range(5)])
+    assert lrs[0] == max(lrs) and lrs[-1] < 0.2 * lrs[0]  # peaks at step 1, decays to the end
+    last = torch.load(run.checkpoints()[-1], weights_only=False)
+    assert last["lr_schedule"]["warmup_steps"] == 1
 
 
 def test_ema_follows_the_good_steps_with_its_warm_up(tmp_path):

@@ -56,3 +56,10 @@ def test_compiled_pretrain_matches_eager(scenes, teacher_run, tmp_path):
     assert len(logs[True]) == 3
     for a, b in zip(logs[False], logs[True], strict=True):
         assert abs(a - b) < 1e-3 * abs(a), (logs[False], logs[True])
+
+
+def test_unknown_at_source_is_one_line(scenes, teacher_run, tmp_path):
+    from dreamteacher.errors import UserError
+
+    with pytest.raises(UserError, match="unknown at_source 'stages'; choose one of regressor"):
+        _pretrain(scenes, teacher_run, tmp_path / "r", at_source="stages")

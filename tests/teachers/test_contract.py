@@ -25,6 +25,7 @@ CONFIGS = {
             "block_out_channels": [32, 32, 64, 64, 96, 128],
             "attention_levels": [4, 5],
         },  # 6 levels
+        {"image_size": [64, 80], "preset": "tiny"},  # 64x80: a 4x5 stride-16 map, odd width
     ],
 }
 
@@ -46,7 +47,7 @@ def test_teacher_contract(name, cfg):
     assert isinstance(feats, list) and len(feats) == len(teacher.channels) == len(teacher.strides)
     assert teacher.strides == [4, 8, 16, 32]
     for f, c, s in zip(feats, teacher.channels, teacher.strides, strict=True):
-        assert f.shape == (2, c, h // s, w // s), (f.shape, c, s)
+        assert f.shape == (2, c, -(-h // s), -(-w // s)), (f.shape, c, s)  # ceil(H/s)
         assert torch.isfinite(f).all()
     assert not any(p.requires_grad for p in teacher.parameters())
     # it knows the size it is made for, and refuses one its UNet cannot take
@@ -122,7 +123,8 @@ def test_taps_equal_a_full_unet_pass_read_before_each_upsampler(cfg):
         out = unet(xt, t).sample
     assert out.shape == x.shape  # the full pass ran to the end
     for f, s, i in zip(feats, teacher.strides, teacher.taps, strict=True):
-        ref = got[i] if s not in teacher.derived else F.avg_pool2d(got[i], s // teacher.derived[s])
+        k = s // teacher.derived.get(s, s)
+        ref = got[i] if s not in teacher.derived else F.avg_pool2d(got[i], k, ceil_mode=True)
         assert f.shape == ref.shape
         assert torch.allclose(f, ref, atol=1e-5), (s, (f - ref).abs().max())
     for hk in hooks:
@@ -197,3 +199,23 @@ def test_load_from_train_teacher_run(teacher_run):
 def test_not_a_teacher_folder(tmp_path):
     with pytest.raises(UserError, match="holds no teacher"):
         load_teacher(tmp_path)
+
+
+def test_a_derived_level_covers_the_whole_image_on_the_students_grid():
+    """At 64x80 the stride-32 level is pooled from the 4x5 stride-16 map: it is 2x3 like a
+    ResNet's C5, and the map's last column (image columns 64-79) reaches it on its own."""
+    from dreamteacher.student import Backbone
+
+    teacher = create_teacher("diffusion", image_size=[64, 80], preset="tiny")
+    assert teacher.derived == {32: 16}
+    x = torch.rand(1, 3, 64, 80)
+    assert Backbone("resnet18")(x)[3].shape[-2:] == (2, 3)
+    # the coarsest tapped map: content in its last column only
+    coarse = torch.zeros(1, teacher.channels[3], 4, 5)
+    coarse[..., -1] = 1.0
+    maps = [torch.zeros(1, c, 64 // s, 80 // s) for c, s in zip(teacher.channels, [4, 8, 16])]
+    teacher._encode = lambda xt, t: [*maps, coarse]
+    target = teacher(x)[3]
+    assert target.shape[-2:] == (2, 3)
+    assert torch.equal(target[..., -1], torch.ones(1, teacher.channels[3], 2))
+    assert not target[..., :2].any()

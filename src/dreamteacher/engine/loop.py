@@ -40,6 +40,26 @@ def lr_at(step: int, total: int, warmup: int, base: float, final_frac: float = 0
     return base * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 
+# the most of a run the linear warm-up may take: a run cut short (max_steps, few steps) still
+# reaches its peak lr early and decays from it
+WARMUP_CAP = 0.25
+
+
+def cap_warmup(warmup: int, total: int, warn: bool = True) -> int:
+    """`warmup` steps, or WARMUP_CAP of the `total` steps run when that is fewer (with a
+    warning naming both)."""
+    cap = int(WARMUP_CAP * total)
+    if warmup <= cap:
+        return warmup
+    if warn:
+        warnings.warn(
+            f"warm-up of {warmup} steps cut to {cap}, {WARMUP_CAP:.0%} of the {total} steps "
+            "run (set fewer warm-up steps or epochs, or more steps)",
+            stacklevel=2,
+        )
+    return cap
+
+
 def epoch_schedule(n: int, global_batch: int, cfg: Any) -> tuple[int, int, int]:
     """(steps per epoch, total steps, warm-up steps) for an epoch-based run over n samples:
     cfg.epochs (capped by cfg.max_steps) and cfg.warmup_epochs, in optimizer steps."""
@@ -177,6 +197,7 @@ def optimize(
     every cfg.save_every steps (and at the end) it writes a checkpoint of net, optimizer,
     EMA and the loop's state. Returns the wall time of these steps in seconds."""
     accum = cfg.accum_steps if accum is None else accum
+    warmup = cap_warmup(warmup, total, warn=env.main and start < total)
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
     trainable = [p for p in net.parameters() if p.requires_grad]
     net.train()

@@ -17,7 +17,7 @@ from dreamteacher.data import unlabeled_images
 from dreamteacher.engine.loop import epoch_schedule
 from dreamteacher.engine.session import Session
 from dreamteacher.errors import UserError
-from dreamteacher.losses import LAMBDA_AT, mix_distillation_loss
+from dreamteacher.losses import AT_SOURCES, LAMBDA_AT, mix_distillation_loss
 from dreamteacher.randomness import keyed_hflip
 from dreamteacher.runfiles import atomic_save
 from dreamteacher.runtime import resolve_precision, seed_everything
@@ -37,12 +37,14 @@ def distill_losses(
     cached: list[torch.Tensor] | None = None,
     interpreter: FeatureInterpreter | None = None,
     ld: dict | None = None,
+    at_source: str = AT_SOURCES[0],
 ) -> dict[str, torch.Tensor]:
     """One micro-batch of distillation, on the device (under the loop's autocast): flip,
     teacher targets, student predictions, losses. x # B, 3, H, W in [0, 1]. `cached`: the
     targets read from a feature cache (# B, C_l, h_l, w_l each, any dtype; x then arrives
     flipped like them) instead of the teacher's. With an interpreter, its logits on the same
-    teacher features are the soft labels of L_ld (`ld`: lambda_ld, tau, tau_squared)."""
+    teacher features are the soft labels of L_ld (`ld`: lambda_ld, tau, tau_squared).
+    `at_source`: L_AT on the regressor's predictions or on the backbone's C2..C5."""
     if cached is None:
         (x,) = keyed_hflip(keys, x)  # horizontal flip: the only augmentation
     if channels_last:
@@ -56,8 +58,11 @@ def distill_losses(
     if interpreter is not None:
         with torch.inference_mode():
             soft = interpreter(targets).clone()  # B, K, H/4, W/4: the soft labels
-    preds, logits = model(x)
-    return mix_distillation_loss(preds, targets, logits, soft, lambda_at, **(ld or {}))
+    (preds, logits), feats = model(x, with_backbone=True)  # feats: C2..C5
+    at_student = feats if at_source == "backbone" else None
+    return mix_distillation_loss(
+        preds, targets, logits, soft, lambda_at, **(ld or {}), at_student=at_student
+    )
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
@@ -119,7 +124,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             x, *cached = batch  # B, 3, H, W (+ the cached targets, if any)
             return distill_losses(
                 model, teacher, x, keys, cfg.lambda_at, channels_last, cached or None,
-                interpreter, ld,
+                interpreter, ld, cfg.at_source,
             )  # fmt: skip
 
         s.fit(
@@ -161,6 +166,10 @@ def check_mode(cfg: PretrainConfig, teacher) -> FeatureInterpreter | None:
     """The interpreter for label/mix distillation, None for feature distillation."""
     if cfg.mode not in MODES:
         raise UserError(f"unknown --mode '{cfg.mode}'; choose one of {', '.join(MODES)}")
+    if cfg.at_source not in AT_SOURCES:
+        raise UserError(
+            f"unknown at_source '{cfg.at_source}'; choose one of {', '.join(AT_SOURCES)}"
+        )
     if cfg.mode == "feature":
         if cfg.interpreter:
             raise UserError(

@@ -61,5 +61,8 @@ class Student(nn.Module):
         super().__init__()
         self.backbone, self.regressor = backbone, regressor
 
-    def forward(self, x: torch.Tensor) -> RegressorOutput:
-        return self.regressor(self.backbone(x))
+    def forward(self, x: torch.Tensor, with_backbone: bool = False):
+        """The regressor's output; with `with_backbone`, (output, [C2..C5])."""
+        feats = self.backbone(x)
+        out = self.regressor(feats)
+        return (out, feats) if with_backbone else out

@@ -5,7 +5,9 @@ one UNet pass at t, and the output of the last layer of each decoder resolution 
 upsampler (`up_blocks[i].attentions[-1]` when the block has attention, else
 `up_blocks[i].resnets[-1]`). Up block i of an L-level UNet runs at stride 2^(L-1-i).
 A wanted stride coarser than the UNet's coarsest decoder level is derived by average-pooling
-the coarsest tapped map (recorded in `derived`). The pass stops after the finest tap.
+the coarsest tapped map (recorded in `derived`) in ceil mode: an H x W image gives
+ceil(H/s) x ceil(W/s), the grid of a strided CNN's stage, and every column reaches it.
+The pass stops after the finest tap.
 
 For UNets of plain blocks (UpBlock2D / AttnUpBlock2D, what train-teacher builds) the pass is
 written out layer by layer, one graph that `compile_features()` hands to torch.compile. Other
@@ -249,8 +251,8 @@ class DiffusionTeacher(Teacher):
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise  # stochastic encoding
         feats = []
         for s, f in zip(self.strides, self._encode(xt, t), strict=True):
-            if s in self.derived:
-                f = F.avg_pool2d(f, s // self.derived[s])
+            if s in self.derived:  # ceil: the last rows/columns get a window of their own
+                f = F.avg_pool2d(f, s // self.derived[s], ceil_mode=True)
             feats.append(f.float())
         return feats
 
