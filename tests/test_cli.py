@@ -8,7 +8,7 @@ from dreamteacher.errors import UserError
 
 COMMON = {"data", "out", "image_size", "batch_size", "seed", "device", "strict", "resume"}
 COMMON |= {"save_every"}
-# the flags each command has offered since before they were generated
+# each command's flags, as generated from its config's fields named in config.FLAGS
 FLAGS = {
     "train-teacher": COMMON | {"steps", "preset"},
     "pretrain": COMMON | {"epochs", "teacher", "t", "backbone", "mode", "interpreter"},

@@ -29,7 +29,7 @@ def export(run: str | Path, out: str | Path) -> Path:
     try:
         state = torch.load(final, map_location="cpu", weights_only=False)
         name, strides, size = state["backbone"], state["strides"], state["image_size"]
-        state["backbone_state"]
+        weights = state["backbone_state"]
     except Exception as e:  # noqa: BLE001 - truncated or foreign file
         raise UserError(
             f"{final} is unreadable ({type(e).__name__}); re-run pretrain with "
@@ -40,7 +40,7 @@ def export(run: str | Path, out: str | Path) -> Path:
     trained = set(Backbone(name, strides).model.state_dict())
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False)
-    missing, unexpected = model.load_state_dict(state["backbone_state"], strict=False)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
     bad = [k for k in missing if k in trained]
     if unexpected or bad:
         raise UserError(

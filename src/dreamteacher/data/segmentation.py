@@ -31,7 +31,7 @@ def _read_json(path: Path) -> dict:
 
 
 class MaskFormatError(UserError):
-    """A mask in a format we do not guess at (e.g. an RGB colour mask): always an error."""
+    """A mask in a format not guessed at (e.g. an RGB colour mask): always an error."""
 
 
 def _load_mask(path: Path) -> np.ndarray:
