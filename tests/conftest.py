@@ -21,9 +21,9 @@ torch.set_num_threads(2)
 # every timm backbone the tests use; tests/student/test_backbone.py is their contract
 BACKBONES = ["resnet18", "resnet50", "convnext_tiny", "test_efficientnet"]
 
-# the session's teacher_run: a tiny UNet, 4 steps at 32 px on the scenes' train split
+# the session's teacher_run: a tiny UNet, 4 steps at 32 px on the scenes' non-test images
 TINY_TEACHER: dict[str, Any] = dict(
-    splits=["train"],
+    splits=["train", "val"],
     image_size=[32],
     preset="tiny",
     steps=4,
@@ -38,12 +38,12 @@ TINY_TEACHER: dict[str, Any] = dict(
 
 
 def tiny_pretrain(scenes: Path, teacher: Path, **kw: Any) -> dict[str, Any]:
-    """pretrain's keyword arguments for a resnet18 on the scenes' train split, on the CPU,
+    """pretrain's keyword arguments for a resnet18 on the scenes' non-test images, on the CPU,
     logging every step (`kw` adds or replaces settings)."""
     base = dict(
         data=str(scenes),
         teacher=str(teacher),
-        splits=["train"],
+        splits=["train", "val"],
         backbone="resnet18",
         batch_size=4,
         warmup_epochs=0,
@@ -83,7 +83,8 @@ def _drop_earlier_sessions(tmp_path_factory, request):
 
 @pytest.fixture(scope="session")
 def scenes(tmp_path_factory):
-    """24 scenes, 32x32: 16 train, 8 test."""
+    """24 scenes, 32x32: 16 train, 8 test; 2 of the train ids are carved out as val, so the
+    unlabeled commands read splits [train, val] (16 images), the labelled ones 14 train."""
     return make_scenes(
         tmp_path_factory.mktemp("scenes"),
         n=24,

@@ -30,7 +30,7 @@ def test_demo_runs_every_stage_with_its_settings(tmp_path):
     assert (teacher["lr"], teacher["steps"], teacher["batch_size"]) == (5e-4, 3, 4)
     assert teacher["image_size"] == [32, 32]
     pre = yaml.safe_load((out / "pretrain" / "config.yaml").read_text())
-    assert (pre["epochs"], pre["backbone"], pre["splits"]) == (1, "resnet18", ["train"])
+    assert (pre["epochs"], pre["backbone"], pre["splits"]) == (1, "resnet18", ["train", "val"])
     ft = yaml.safe_load((out / "finetune_dreamteacher" / "config.yaml").read_text())
     assert (ft["labels"], ft["steps"], ft["weights"]) == (4, 2, str(out / "backbone"))
     assert (out / "teacher" / "samples.png").exists()

@@ -149,7 +149,7 @@ def test_existing_run_is_not_overwritten(teacher_run, scenes, capsys):
             str(teacher_run),
             "--image-size",
             "32",
-            "splits=[train]",
+            "splits=[train,val]",
         ],
         capsys,
     )

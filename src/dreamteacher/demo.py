@@ -67,7 +67,7 @@ def run_demo(s: DemoConfig) -> dict:
     teacher = api.train_teacher(
         data=str(data),
         out=str(out / "teacher"),
-        splits=["train"],
+        splits=["train", "val"],  # every image but the test split's
         image_size=s.image_size,
         preset="tiny",
         steps=s.teacher_steps,
@@ -84,7 +84,7 @@ def run_demo(s: DemoConfig) -> dict:
         data=str(data),
         teacher=str(teacher),
         out=str(out / "pretrain"),
-        splits=["train"],
+        splits=["train", "val"],  # every image but the test split's
         backbone=s.backbone,
         epochs=s.pretrain_epochs,
         batch_size=s.batch_size,

@@ -74,7 +74,7 @@ def test_pretrain_baseline_exports_timm_weights(scenes, tmp_path):
         out=str(tmp_path / "moco"),
         method="mocov2",
         backbone="resnet18",
-        splits=["train"],
+        splits=["train", "val"],  # the 16 non-test images
         image_size=[32],
         epochs=1,
         batch_size=4,

@@ -2,8 +2,10 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
+import yaml
 
 from dreamteacher.benchmarking.cells import Cells, cell_key
 from dreamteacher.benchmarking.config import build_benchmark_config
@@ -30,7 +32,7 @@ def test_overlapping_splits_are_refused(scenes, tmp_path):
     splits = json.loads((d / "splits.json").read_text())
     splits["test"].append(splits["train"][0])
     (d / "splits.json").write_text(json.dumps(splits))
-    with pytest.raises(UserError, match="both train and the evaluation split"):
+    with pytest.raises(UserError, match="in both train and test; make the splits disjoint"):
         labelled_subsets(MaskFolder(d), [2], [0])
 
 
@@ -67,6 +69,10 @@ def test_config_precedence_and_errors(tmp_path):
         build_benchmark_config("smoke", overrides=["epochs=3"])
     with pytest.raises(UserError, match="unknown dt_logit_head 'fpn'; choose one of uper, light"):
         build_benchmark_config("smoke", overrides=["dt_logit_head=fpn"])
+    with pytest.raises(UserError, match="unknown eval_split 'train'; choose val"):
+        build_benchmark_config("smoke", overrides=["eval_split=train"])
+    with pytest.raises(UserError, match="unknown dt_at_source 'stages'; choose one of regressor"):
+        build_benchmark_config("smoke", overrides=["dt_at_source=stages"])
 
 
 def test_cli_reports_a_bad_profile_in_one_line(tmp_path, capsys):
@@ -180,3 +186,65 @@ def test_dreamteacher_rows_from_a_feature_cache(tmp_path):
     assert "feature cache of" not in (tmp_path / "b" / "results.md").read_text()
     with pytest.raises(UserError, match="dt_feature_cache must be 0"):
         dt.benchmark(str(data), dt_feature_cache=-1, **kw)
+
+
+def test_val_carved_from_train_chooses_and_test_reports(tmp_path):
+    """A folder with train and test only: eval_split=val scores a val part carved from train
+    (recorded in subsets/val.json, never labelled), pretraining sees train + val, and the
+    test run after it reuses the pretrained backbone with the same labelled ids."""
+    import dreamteacher as dt
+    from dreamteacher.data.synthetic import make_scenes
+
+    data = make_scenes(tmp_path / "data", n=30, image_size=(32, 48))  # train 0.75, test 0.25
+    kw = dict(profile="smoke", device="cpu", labels=[4], protocols=["finetune"])
+    kw |= dict(methods=["dreamteacher"], dt_at_source="backbone", dt_lambda_at=5.0)
+    kw |= dict(cells_dir=str(tmp_path / "cells"), teacher_steps=4)
+    val = dt.benchmark(str(data), str(tmp_path / "val"), eval_split="val", **kw)
+    carved = json.loads((tmp_path / "val" / "subsets" / "val.json").read_text())
+    assert carved["carved_from"] == "train" and len(carved["ids"]) == 2  # round(22 * 0.1)
+    labelled = json.loads((tmp_path / "val" / "subsets" / "N4_seed0.json").read_text())["ids"]
+    assert not set(labelled) & set(carved["ids"])
+    (row,) = val["runs"]
+    metrics = json.loads((Path(row["cell"]) / "run" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["eval_images"] == 2
+    assert metrics["val_carved_from_train"] is True
+    assert "mIoU on the val split" in (tmp_path / "val" / "results.md").read_text()
+    (pre,) = (tmp_path / "cells").glob("pretrain-dreamteacher-*")
+    run_cfg = yaml.safe_load((pre / "run" / "config.yaml").read_text())
+    assert run_cfg["splits"] == ["train", "val"]  # every image but the test split's
+    assert (run_cfg["at_source"], run_cfg["lambda_at"]) == ("backbone", 5.0)
+    test = dt.benchmark(str(data), str(tmp_path / "test"), **kw)
+    assert test["cells_computed"] == 1  # the evaluation only: teacher and backbone are reused
+    metrics = json.loads((Path(test["runs"][0]["cell"]) / "run" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["eval_images"] == 8
+    assert (
+        json.loads((tmp_path / "test" / "subsets" / "N4_seed0.json").read_text())["ids"] == labelled
+    )
+
+
+def test_ssl_at_equal_compute_trains_for_dreamteachers_wall_time(tmp_path):
+    """ssl_equal_compute: each SSL baseline gets a second pretraining of as many steps as fit
+    in DreamTeacher's measured wall time (teacher + distillation) at the speed its
+    equal-epochs pretraining measured; its rows are `<method>@compute`."""
+    import dreamteacher as dt
+    from dreamteacher.data.synthetic import make_scenes
+
+    data = make_scenes(tmp_path / "data", n=24, image_size=(32, 48))
+    kw = dict(profile="smoke", device="cpu", labels=[4], protocols=["frozen"], teacher_steps=4)
+    kw |= dict(methods=["dreamteacher", "simclr"], ssl_equal_compute=True)
+    r = dt.benchmark(str(data), str(tmp_path / "b"), **kw)
+    assert [x["method"] for x in r["runs"]] == ["dreamteacher", "simclr", "simclr@compute"]
+    cells = tmp_path / "b" / "cells"
+    rec = {
+        name: json.loads((next(cells.glob(f"{name}-??????????")) / "cell.json").read_text())
+        for name in ("teacher", "pretrain-dreamteacher", "pretrain-simclr")
+    }
+    budget = rec["teacher"]["wall_s"] + rec["pretrain-dreamteacher"]["wall_s"]
+    per_image = rec["pretrain-simclr"]["wall_s"] / rec["pretrain-simclr"]["images_seen"]
+    steps = max(1, round(budget / per_image / 8))  # the smoke profile's batch of 8
+    (d,) = cells.glob("pretrain-simclr@compute-*")
+    assert yaml.safe_load((d / "run" / "config.yaml").read_text())["max_steps"] == steps
+    assert json.loads((d / "cell.json").read_text())["images_seen"] == steps * 8
+    assert "simclr pretraining (equal compute)" in [c["stage"] for c in r["costs"]]
+    md = (tmp_path / "b" / "results.md").read_text()
+    assert "**frozen**, equal compute" in md and "| simclr@compute |" in md

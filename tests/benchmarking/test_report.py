@@ -75,3 +75,21 @@ def test_teacher_side_rows_appear_in_every_protocol_table():
     assert "| interpreter | **40.0 ± 0.0** | 9.0 ± 0.0 |" in frz
     assert "| scratch | - | **11.0 ± 0.0** |" in frz
     assert "teacher-side" in md and "**teacher-side**" not in md  # no table of its own
+
+
+def test_equal_compute_rows_make_tables_of_their_own():
+    """`<method>@compute` rows: the equal-epochs tables keep the SSL rows at equal epochs, the
+    equal-compute tables show the @compute rows instead, the other rows in both."""
+    runs = _runs() + [
+        {"method": "simclr", "protocol": "finetune", "labels": 23, "seed": 0, "miou": 25.0},
+        {"method": "simclr@compute", "protocol": "finetune", "labels": 23, "seed": 0, "miou": 33.0},
+    ]
+    md = results_table(runs, ["scratch", "dreamteacher", "simclr"], split="val")
+    epochs, compute = md.split("**finetune**, equal compute")
+    assert "**finetune**, equal epochs (val mIoU %" in epochs
+    assert "| simclr | 25.0 ± 0.0 |" in epochs and "simclr@compute" not in epochs
+    assert "| dreamteacher | **32.0 ± 2.0** |" in epochs
+    assert "| simclr@compute | **33.0 ± 0.0** |" in compute and "| simclr |" not in compute
+    assert "| dreamteacher | 32.0 ± 2.0 |" in compute and "| scratch |" in compute
+    assert compute.index("| dreamteacher") < compute.index("| simclr@compute")
+    assert "equal" not in results_table(_runs())  # no @compute rows: one set of tables

@@ -55,8 +55,33 @@ def test_mask_folder_defaults_without_json(tmp_path):
         Image.fromarray(m).save(tmp_path / "masks" / f"{i}.png")
     f = MaskFolder(tmp_path)
     assert f.num_classes == 3 and f.ignore_index == 255  # ids 0..2 inferred, 255 ignored
-    assert f.splits == {"train": ["0", "1", "2", "3"], "val": ["4"]}
-    assert f.eval_split() == "val"
+    # a test part (20%), then a val part carved from train (10%, at least one), each picked
+    # by the SHA-1 of the id: the ids in hash order are 4, 1, 3, 0, 2
+    assert f.splits == {"train": ["0", "2", "3"], "test": ["4"], "val": ["1"]}
+    assert f.carved_val == ["1"] and f.eval_split() == "test"
+
+
+def test_a_val_split_is_carved_from_train_when_missing(tmp_path):
+    """train + test only: 10% of train becomes val, the same ids whatever the file order, and
+    train keeps the rest; a folder that has val keeps its own."""
+    d = make_scenes(tmp_path / "a", n=40, image_size=(16, 16), splits={"train": 0.75, "test": 0.25})
+    listed = json.loads((d / "splits.json").read_text())
+    f = MaskFolder(d)
+    assert len(f.carved_val) == 3 and f.splits["val"] == f.carved_val  # round(30 * 0.1)
+    assert set(f.splits["train"]) | set(f.carved_val) == set(listed["train"])
+    assert not set(f.splits["train"]) & set(f.carved_val)
+    assert f.splits["test"] == listed["test"]
+    listed["train"] = listed["train"][::-1]  # another order in splits.json: the same val
+    (d / "splits.json").write_text(json.dumps(listed))
+    assert MaskFolder(d).carved_val == f.carved_val
+    g = make_scenes(
+        tmp_path / "b", n=20, image_size=(16, 16), splits={"train": 0.5, "val": 0.2, "test": 0.3}
+    )
+    own = MaskFolder(g)
+    assert (
+        own.carved_val == []
+        and own.splits["val"] == json.loads((g / "splits.json").read_text())["val"]
+    )
 
 
 def test_image_without_mask(tmp_path):

@@ -70,7 +70,7 @@ def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path, capsys)
             data=str(scenes),
             teacher=str(teacher_run),
             out=str(tmp_path / "cache"),
-            splits=["train"],
+            splits=["train", "val"],
             draws=2,
             device="cpu",
         )
@@ -104,7 +104,7 @@ def test_ddp_matches_single_process(mode, scenes, teacher_run, tmp_path, capsys)
         4,
         "--device",
         "cpu",
-        "splits=[train]",
+        "splits=[train,val]",
         "regressor_channels=32",
         "warmup_epochs=0",
         "lr=1e-3",
@@ -172,7 +172,7 @@ def test_ddp_train_teacher_and_finetune(scenes, tmp_path):
         2,
         "--device",
         "cpu",
-        "splits=[train]",
+        "splits=[train,val]",
         "num_samples=1",
         "sample_steps=1",
     ]
@@ -214,4 +214,4 @@ def test_ddp_train_teacher_and_finetune(scenes, tmp_path):
     )
     assert p.stdout.count("mIoU") == 1  # printed by rank 0 only
     m = json.loads((tmp_path / "ft" / "metrics.json").read_text())
-    assert 0 <= m["miou"] <= 100 and m["labels"] == 16
+    assert 0 <= m["miou"] <= 100 and m["labels"] == 14  # every train id (2 carved as val)

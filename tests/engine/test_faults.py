@@ -205,7 +205,7 @@ def test_nan_guard_in_teacher_and_finetune(kind, scenes, tmp_path, monkeypatch):
         pytest.raises(UserError, match=r"NaN/inf for 2 steps in a row \(up to step 3\)"),
     ):
         if kind == "train-teacher":
-            dt.train_teacher(steps=6, splits=["train"], **kw)
+            dt.train_teacher(steps=6, splits=["train", "val"], **kw)
         else:
             dt.finetune(steps=6, backbone="resnet18", head_channels=32, **kw)
     ckpts = sorted((tmp_path / "r" / "checkpoints").glob("step_*.pt"))

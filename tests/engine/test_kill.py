@@ -39,7 +39,7 @@ def _cmd(kind, scenes, teacher_run, out):
             "test_resnet",
             "--epochs",
             "8",
-            "splits=[train]",
+            "splits=[train,val]",
             "regressor_channels=32",
             *common,
         ]
@@ -52,7 +52,7 @@ def _cmd(kind, scenes, teacher_run, out):
             "32",
             "--steps",
             "32",
-            "splits=[train]",
+            "splits=[train,val]",
             "num_samples=1",
             "sample_steps=1",
             "block_out_channels=[16,16,32,32,32]",  # small checkpoints for 32 saves

@@ -24,7 +24,7 @@ def cache_dir(scenes, teacher_run, tmp_path_factory):
         data=str(scenes),
         teacher=str(teacher_run),
         out=str(out),
-        splits=["train"],
+        splits=["train", "val"],
         draws=2,
         batch_size=5,
         device="cpu",
@@ -39,7 +39,7 @@ def test_cache_holds_the_teacher_features(cache_dir, scenes, teacher_run):
     arrays = [np.load(cache_dir / f"level{i}.npy", mmap_mode="r") for i in range(4)]
     assert arrays[0].shape == (16, 2, teacher.channels[0], 8, 8) and arrays[0].dtype == np.float16
     assert meta["bytes_per_image"] == sum(a[0].size for a in arrays) * 2
-    data = unlabeled_images(scenes, [32, 32], ["train"])
+    data = unlabeled_images(scenes, [32, 32], ["train", "val"])
     x = data[3].unsqueeze(0)
     for j, xj in ((0, x), (1, x.flip(-1))):  # odd draws are of the flipped image
         ref = teacher(xj, [mix(0, 99991, 3, j)])
@@ -51,7 +51,7 @@ def test_cache_holds_the_teacher_features(cache_dir, scenes, teacher_run):
 def test_cached_items_read_the_draw_of_their_step_key(cache_dir, scenes):
     """Item (step, i) is image i, flipped iff its draw j = mix(mix(seed, step, i), 5) mod K
     is odd, with draw j's targets: the draw online training would key for that sample."""
-    data = unlabeled_images(scenes, [32, 32], ["train"])
+    data = unlabeled_images(scenes, [32, 32], ["train", "val"])
     items = CachedTargets(data, FeatureCache(cache_dir, data), seed=3)
     arrays = [np.load(cache_dir / f"level{i}.npy", mmap_mode="r") for i in range(4)]
     seen = set()
@@ -70,7 +70,7 @@ def test_cached_items_read_the_draw_of_their_step_key(cache_dir, scenes):
 def test_cache_is_not_copied_into_worker_pickles(cache_dir, scenes):
     """A spawned DataLoader worker gets the cache's path, not its arrays (np.memmap would
     pickle its whole contents)."""
-    data = unlabeled_images(scenes, [32, 32], ["train"])
+    data = unlabeled_images(scenes, [32, 32], ["train", "val"])
     cache = FeatureCache(cache_dir, data)
     cache.read(0, 0)  # the level files are open in this process
     blob = pickle.dumps(cache)
@@ -82,7 +82,7 @@ def test_cache_is_not_copied_into_worker_pickles(cache_dir, scenes):
 def test_cache_build_with_workers_and_bf16(cache_dir, scenes, teacher_run, tmp_path):
     """Decoding workers change nothing in the stored targets; precision=bf16 is applied (the
     targets differ from fp32 by bf16 rounding only)."""
-    kw = dict(data=str(scenes), teacher=str(teacher_run), splits=["train"], draws=2)
+    kw = dict(data=str(scenes), teacher=str(teacher_run), splits=["train", "val"], draws=2)
     kw |= dict(batch_size=5, device="cpu")
     workers = dt.api.cache_features(out=str(tmp_path / "w"), num_workers=2, **kw)
     bf16 = dt.api.cache_features(out=str(tmp_path / "b"), precision="bf16", **kw)
@@ -125,7 +125,7 @@ def test_an_interrupted_build_resumes_to_the_same_bytes(teacher_run, scenes, tmp
     from dreamteacher.teachers.cache import build_cache
 
     teacher = load_teacher(teacher_run)
-    data = unlabeled_images(scenes, [32, 32], ["train"])
+    data = unlabeled_images(scenes, [32, 32], ["train", "val"])
     kw = dict(draws=3, batch_size=3, save_every=2)
     ref = build_cache(teacher, data, tmp_path / "ref", **kw)
     out, partial, seen = tmp_path / "c", tmp_path / "c.partial", []
@@ -196,7 +196,7 @@ def test_a_folder_that_is_not_a_cache_is_never_replaced(teacher_run, scenes, tmp
 
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "keep.txt").write_text("a user's file")
-    data = unlabeled_images(scenes, [32, 32], ["train"])
+    data = unlabeled_images(scenes, [32, 32], ["train", "val"])
     with pytest.raises(UserError, match="runs exists and is not a feature cache; choose another"):
         build_cache(load_teacher(teacher_run), data, tmp_path / "runs", draws=1)
     assert (tmp_path / "runs" / "keep.txt").read_text() == "a user's file"
@@ -211,7 +211,7 @@ def test_pretrain_from_cache(cache_dir, scenes, teacher_run, tmp_path):
             data=str(scenes),
             teacher=str(teacher_run),
             out=str(tmp_path / f"p{workers}"),
-            splits=["train"],
+            splits=["train", "val"],
             backbone="resnet18",
             epochs=2,
             batch_size=4,
@@ -251,7 +251,7 @@ def test_pretrain_notes_a_cache_of_another_precision(
     shutil.copytree(cache_dir, gpu_built)
     meta = json.loads((gpu_built / "meta.json").read_text())
     (gpu_built / "meta.json").write_text(json.dumps(meta | {"precision": "bf16"}))
-    common = dict(data=str(scenes), teacher=str(teacher_run), splits=["train"])
+    common = dict(data=str(scenes), teacher=str(teacher_run), splits=["train", "val"])
     common |= dict(backbone="resnet18", max_steps=1, batch_size=4, device="cpu")
     dt.pretrain(out=str(tmp_path / "a"), feature_cache=str(gpu_built), **common)
     assert "was encoded in bf16, this run computes in fp32" in capsys.readouterr().out

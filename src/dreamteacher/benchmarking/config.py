@@ -22,6 +22,7 @@ from dreamteacher.config import (
     build_config,
 )
 from dreamteacher.errors import UserError
+from dreamteacher.losses import AT_SOURCES
 
 # backbones pretrained once on the unlabeled images: none, DreamTeacher, each SSL baseline
 PRETRAINED = ["scratch", "dreamteacher", *METHODS]
@@ -32,6 +33,8 @@ LABEL_DISTILLED = ["dt-mix", "dt-label"]
 TEACHER_SIDE = ["interpreter", "ddpm-seg"]
 ALL_METHODS = PRETRAINED + LABEL_DISTILLED + TEACHER_SIDE
 PROTOCOLS = ["finetune", "frozen"]
+EQUAL_COMPUTE = "@compute"  # the row suffix of an SSL baseline trained at equal compute
+EVAL_SPLITS = ("val", "test")  # val to choose settings; test for the reported table
 
 
 @dataclass
@@ -47,7 +50,10 @@ class BenchmarkConfig:
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
     labels: list[int] = field(default_factory=lambda: [23, 46, 367])  # N >= train size = all
     seeds: list[int] = field(default_factory=lambda: [0, 1])  # which images are labelled
-    pretrain_splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    pretrain_splits: list[str] | None = None  # None: every split but test (train, val, ...)
+    # the split every evaluation is scored on: val to choose settings, test for the reported
+    # table (read once, with the settings chosen on val)
+    eval_split: str = "test"
     backbone: str = "resnet18"
     image_size: list[int] = field(default_factory=lambda: [64, 80])  # H, W for every stage
     device: str = "auto"
@@ -63,10 +69,15 @@ class BenchmarkConfig:
     pretrain_batch_size: int = 16
     dt_lr: float = PretrainConfig.lr
     dt_t: list[int] = field(default_factory=lambda: list(T))
+    dt_lambda_at: float = PretrainConfig.lambda_at
+    dt_at_source: str = PretrainConfig.at_source  # regressor | backbone (docs/method.md)
     dt_feature_cache: int = 0  # > 0: the dreamteacher, dt-mix and dt-label rows read their
     # targets from a feature cache of this many encodings per image (a cell of its own, shared)
     # instead of running the teacher
     ssl_lr: float = BaselineConfig.lr
+    # also train each SSL baseline for as long as DreamTeacher's teacher + feature cache +
+    # distillation took (measured wall time), rows `<method>@compute` in a table of their own
+    ssl_equal_compute: bool = False
     # the feature interpreter (interpreter row; soft labels of dt-mix and dt-label)
     interpreter_epochs: int = 100
     interpreter_max_steps: int | None = 500
@@ -163,6 +174,14 @@ def build_benchmark_config(
         raise UserError(
             "dt_feature_cache must be 0 (online) or a number of encodings per image, got "
             f"{cfg.dt_feature_cache}"
+        )
+    if cfg.eval_split not in EVAL_SPLITS:
+        raise UserError(
+            f"unknown eval_split '{cfg.eval_split}'; choose val (to choose settings) or test"
+        )
+    if cfg.dt_at_source not in AT_SOURCES:
+        raise UserError(
+            f"unknown dt_at_source '{cfg.dt_at_source}'; choose one of {', '.join(AT_SOURCES)}"
         )
     if cfg.dt_logit_head not in LOGIT_HEADS:
         raise UserError(

@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dreamteacher.benchmarking.config import EQUAL_COMPUTE
+
 # the protocol of rows that segment with the teacher's features (no backbone to fine-tune or
 # freeze): shown in every protocol's table and panel
 TEACHER_SIDE_PROTOCOL = "teacher-side"
@@ -39,18 +41,35 @@ def _cell(agg, m: str, protocol: str, n: int) -> dict[str, float] | None:
     return agg.get((m, protocol, n)) or agg.get((m, TEACHER_SIDE_PROTOCOL, n))
 
 
-def results_table(runs: list[dict[str, Any]], methods: list[str] | None = None) -> str:
+def results_table(
+    runs: list[dict[str, Any]], methods: list[str] | None = None, split: str = "test"
+) -> str:
     """One Markdown table per protocol: a row per method, a column per N, `mean ± std`; the
-    best mean of each column in bold."""
+    best mean of each column in bold. With SSL rows at equal compute (`<method>@compute`) the
+    tables come twice: at equal epochs, and at equal compute (those rows in place of the SSL
+    rows at equal epochs)."""
+    compute = {r["method"] for r in runs if r["method"].endswith(EQUAL_COMPUTE)}
+    if not compute:
+        return _tables(runs, methods or [], split, "")
+    ssl = {m.removesuffix(EQUAL_COMPUTE) for m in compute}
+    order = [x for m in methods or [] for x in (m, m + EQUAL_COMPUTE)]
+    epochs = [r for r in runs if r["method"] not in compute]
+    at_compute = [r for r in runs if r["method"] not in ssl]
+    return _tables(epochs, order, split, ", equal epochs") + _tables(
+        at_compute, order, split, ", equal compute"
+    )
+
+
+def _tables(runs: list[dict[str, Any]], methods: list[str], split: str, budget: str) -> str:
     agg = aggregate(runs)
-    methods = _order({k[0] for k in agg}, methods or [])
+    methods = _order({k[0] for k in agg}, methods)
     side = sorted({k[0] for k in agg if k[1] == TEACHER_SIDE_PROTOCOL})
     lines = []
     for protocol in _protocols(agg):
         ns = sorted({k[2] for k in agg if k[1] in (protocol, TEACHER_SIDE_PROTOCOL)})
         best = {n: max(c["mean"] for m in methods if (c := _cell(agg, m, protocol, n))) for n in ns}
         lines += [
-            f"**{protocol}** (test mIoU %, mean ± std over seeds)",
+            f"**{protocol}**{budget} ({split} mIoU %, mean ± std over seeds)",
             "",
             "| method | " + " | ".join(f"N = {n}" for n in ns) + " |",
             "|---|" + "---|" * len(ns),
@@ -72,7 +91,7 @@ def results_table(runs: list[dict[str, Any]], methods: list[str] | None = None) 
             "backbone; the same numbers appear under every protocol.",
             "",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n" if budget else "")
 
 
 def cost_table(costs: list[dict[str, Any]]) -> str:
@@ -82,7 +101,12 @@ def cost_table(costs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict[str, Any]], path: str | Path, methods: list[str] | None = None) -> Path:
+def plot(
+    runs: list[dict[str, Any]],
+    path: str | Path,
+    methods: list[str] | None = None,
+    split: str = "test",
+) -> Path:
     """miou_vs_labels.png: one panel per protocol, one line per method with std error bars."""
     import matplotlib
 
@@ -111,7 +135,7 @@ def plot(runs: list[dict[str, Any]], path: str | Path, methods: list[str] | None
         ax.set_xticks(ns_all, [str(n) for n in ns_all])
         ax.minorticks_off()
         ax.set_xlabel("labelled training images (N)")
-        ax.set_ylabel("test mIoU (%)")
+        ax.set_ylabel(f"{split} mIoU (%)")
         ax.set_title(protocol)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -10,7 +10,9 @@
 It runs method by method (its backbone, then its evaluations), in `methods` order.
 
 Every method uses the same backbone, resolution, pretraining epochs and batch, and sees only
-the `pretrain_splits` images (train and val); test images are used for evaluation only.
+the `pretrain_splits` images (by default every split but test); test images are used for
+evaluation only. Evaluations score the `eval_split`: val while settings are chosen, test once
+for the reported table.
 Each stage is a cached cell (cells.py) whose settings are the keyword arguments of the API
 command that computes it, so one dict is both the cell's key and the call. Writes
 OUT/results.json, results.md, miou_vs_labels.png and OUT/subsets/ (the labelled ids per N
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import platform
 import subprocess
 import time
@@ -31,8 +34,11 @@ from typing import Any
 import torch
 
 from dreamteacher import api
+from dreamteacher.baselines.ssl import METHODS
 from dreamteacher.benchmarking.cells import CellRef, Cells
 from dreamteacher.benchmarking.config import (
+    EQUAL_COMPUTE,
+    EVAL_SPLITS,
     LABEL_DISTILLED,
     PRETRAINED,
     TEACHER_SIDE,
@@ -70,17 +76,17 @@ def benchmark(
 
 def labelled_subsets(folder: MaskFolder, labels: list[int], seeds: list[int]) -> dict:
     """{(N, seed): ids}: N train images picked by seed (the whole train split when N >= its
-    size). Checked to be disjoint from the evaluation split."""
+    size). Checked to be disjoint from the val and test splits."""
     train = folder.splits.get("train") or []
     if not train:
         raise UserError(f"{folder.root}/splits.json has no train ids; add a 'train' list")
-    held_out = set(folder.splits.get(folder.eval_split("auto"), []))
-    both = sorted(set(train) & held_out)
-    if both:
-        raise UserError(
-            f"{folder.root}/splits.json lists {both[0]} in both train and the evaluation "
-            "split; make the splits disjoint"
-        )
+    for split in EVAL_SPLITS:
+        both = sorted(set(train) & set(folder.splits.get(split, [])))
+        if both:
+            raise UserError(
+                f"{folder.root}/splits.json lists {both[0]} in both train and {split}; make "
+                "the splits disjoint"
+            )
     return {(n, s): select_labeled(train, n, s) for n in labels for s in seeds}
 
 
@@ -97,6 +103,15 @@ class Benchmark:
         self.runs: list[dict[str, Any]] = []
         self.t_start = time.time()
         self._memo: dict[Any, Any] = {}
+        self.records: dict[str, Record] = {}  # pretraining cells by name, for their cost
+        self.folder = MaskFolder(cfg.data)
+        if not self.folder.splits.get(cfg.eval_split):
+            raise UserError(
+                f"{self.folder.root} has no {cfg.eval_split} split to evaluate on; add one to "
+                "splits.json"
+            )
+        # the unlabeled images every pretraining sees: by default every image but the test's
+        self.splits = cfg.pretrain_splits or [s for s in self.folder.splits if s != "test"]
         # every cell's settings start with these
         self.base = {
             "data": str(Path(cfg.data).resolve()),
@@ -107,7 +122,7 @@ class Benchmark:
         # pretraining: the same images, backbone, epochs and batch for every method
         self.pretraining = {
             **self.base,
-            "splits": cfg.pretrain_splits,
+            "splits": self.splits,
             "backbone": cfg.backbone,
             "epochs": cfg.pretrain_epochs,
             "max_steps": cfg.pretrain_max_steps,
@@ -155,7 +170,7 @@ class Benchmark:
             print(f"benchmark: teacher ({cfg.teacher_preset}, {cfg.teacher_steps} steps)")
             kw = {
                 **self.base,
-                "splits": cfg.pretrain_splits,
+                "splits": self.splits,
                 "preset": cfg.teacher_preset,
                 "steps": cfg.teacher_steps,
                 "batch_size": cfg.teacher_batch_size,
@@ -178,7 +193,7 @@ class Benchmark:
             kw = {
                 **self.base,
                 "teacher": CellRef(self.teacher(), "run"),
-                "splits": cfg.pretrain_splits,
+                "splits": self.splits,
                 "t": cfg.dt_t,
                 "draws": cfg.dt_feature_cache,
                 "batch_size": cfg.pretrain_batch_size,
@@ -205,6 +220,8 @@ class Benchmark:
             "teacher": CellRef(self.teacher(), "run"),
             "lr": cfg.dt_lr,
             "t": cfg.dt_t,
+            "lambda_at": cfg.dt_lambda_at,
+            "at_source": cfg.dt_at_source,
         }
         if cfg.dt_feature_cache:
             kw["feature_cache"] = CellRef(self.feature_cache(), "cache")
@@ -218,10 +235,13 @@ class Benchmark:
             return {}
 
         print(f"benchmark: pretrain {name}")
-        stage = f"{name} pretraining"
+        stage = f"{name.removesuffix(EQUAL_COMPUTE)} pretraining"
+        if name.endswith(EQUAL_COMPUTE):
+            stage += " (equal compute)"
         rec = self._cell(
             f"pretrain-{name}", command, kw, stage, after=export, cleanup=["run/checkpoints"]
         )
+        self.records[name] = rec
         return CellRef(rec, "backbone")
 
     def pretrained(self, method: str) -> CellRef | str:
@@ -237,11 +257,43 @@ class Benchmark:
 
         return self._once(method, make)
 
+    def dreamteacher_seconds(self) -> float:
+        """What DreamTeacher's backbone cost in all: the wall time of the teacher, the feature
+        cache (when used) and the distillation cells, start-up and export included."""
+        self.pretrained("dreamteacher")
+        parts = [self.teacher(), self.records["dreamteacher"]]
+        if self.cfg.dt_feature_cache:
+            parts.append(self.feature_cache())
+        return sum(p["wall_s"] for p in parts)
+
+    def equal_compute(self, method: str) -> CellRef:
+        """SSL `method` pretrained for as long as DreamTeacher took (dreamteacher_seconds):
+        its equal-epochs cell gives its seconds per image, the budget its number of steps."""
+
+        def make() -> CellRef:
+            self.pretrained(method)
+            rec, batch = self.records[method], self.cfg.pretrain_batch_size
+            seconds_per_image = rec["wall_s"] / max(1, rec["images_seen"])
+            steps = max(1, round(self.dreamteacher_seconds() / seconds_per_image / batch))
+            n_images = sum(len(self.folder.splits[s]) for s in self.splits)
+            per_epoch = max(1, n_images // batch)  # whole batches only
+            kw = {
+                **self.pretraining,
+                "method": method,
+                "lr": self.cfg.ssl_lr,
+                "epochs": math.ceil(steps / per_epoch) + 1,  # max_steps ends it
+                "max_steps": steps,
+            }
+            return self._pretrain_cell(method + EQUAL_COMPUTE, api.pretrain_baseline, kw)
+
+        return self._once(method + EQUAL_COMPUTE, make)
+
     def _teacher_side(self, name: str, command: Callable, n: int, seed: int, kw: dict, cleanup):
         """A segmenter on the teacher's features of the (N, seed) subset, evaluated."""
         print(f"benchmark: {name} N{n}-seed{seed}")
         teacher = CellRef(self.teacher(), "run")
         kw = {**self.base, "teacher": teacher, "labels": n, "seed": seed, **kw}
+        kw["eval_split"] = self.cfg.eval_split
         key, stage = f"{name}-N{n}-seed{seed}", f"{name} N{n}-seed{seed}"
         return self._cell(key, command, kw, stage, cleanup=cleanup, after=_metrics)
 
@@ -303,13 +355,16 @@ class Benchmark:
             "head_channels": cfg.head_channels,
             "warmup_steps": min(50, steps // 10),
             "eval_batch_size": cfg.eval_batch_size,
+            "eval_split": cfg.eval_split,
             "save_every": max(1, steps // 2),
         }
         cleanup = [] if cfg.keep_weights else ["run/checkpoints", "run/model.pt"]
         name = f"eval-{method}-{protocol}-N{n}-seed{seed}"
         rec = self._cell(name, api.finetune, kw, None, cleanup=cleanup, after=_metrics)
         self.add_row(method, protocol, n, seed, rec)
-        n_jobs = len(self.evaluations) * sum(m not in TEACHER_SIDE for m in cfg.methods)
+        rows = sum(m not in TEACHER_SIDE for m in cfg.methods)
+        rows += cfg.ssl_equal_compute * sum(m in METHODS for m in cfg.methods)
+        n_jobs = len(self.evaluations) * rows
         done = sum(r["protocol"] != TEACHER_SIDE_PROTOCOL for r in self.runs)
         print(
             f"benchmark [{done}/{n_jobs}] {method:>12} {protocol:>8} N={n:<4} seed={seed}: "
@@ -345,16 +400,23 @@ class Benchmark:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.out / "config.yaml")
-        self.subsets = labelled_subsets(MaskFolder(cfg.data), cfg.labels, cfg.seeds)
+        self.subsets = labelled_subsets(self.folder, cfg.labels, cfg.seeds)
         for (n, s), ids in self.subsets.items():
             atomic_json(
                 {"labels": n, "seed": s, "ids": ids}, self.out / "subsets" / f"N{n}_seed{s}.json"
             )
+        if self.folder.carved_val:  # the folder had no val split: record the one made
+            val = {"split": "val", "carved_from": "train", "ids": self.folder.carved_val}
+            atomic_json(val, self.out / "subsets" / "val.json")
         for method in cfg.methods:
             if method in PRETRAINED:
                 weights = self.pretrained(method)
                 for protocol, n, seed in self.evaluations:
                     self.evaluate(method, weights, protocol, n, seed)
+                if method in METHODS and cfg.ssl_equal_compute:
+                    weights = self.equal_compute(method)
+                    for protocol, n, seed in self.evaluations:
+                        self.evaluate(method + EQUAL_COMPUTE, weights, protocol, n, seed)
             elif method in LABEL_DISTILLED:
                 each = {(n, s): self.label_distilled(method, n, s) for n, s in self.subsets}
                 for protocol, n, seed in self.evaluations:
@@ -385,7 +447,8 @@ class Benchmark:
         text = format_results(results)
         atomic_write(self.out / "results.md", lambda tmp: Path(tmp).write_text(text))
         if final:
-            plot(self.runs, self.out / "miou_vs_labels.png", self.cfg.methods)
+            png = self.out / "miou_vs_labels.png"
+            plot(self.runs, png, self.cfg.methods, self.cfg.eval_split)
             print("\n" + text)
         return results
 
@@ -396,7 +459,8 @@ def format_results(r: dict[str, Any]) -> str:
         f"# Label-efficient segmentation benchmark ({c['profile']} profile)\n\n"
         f"{c['backbone']} at {c['image_size'][0]}x{c['image_size'][1]} on {c['data']}; "
         f"{c['pretrain_epochs']} pretraining epochs for every method; seeds {c['seeds']}; "
-        f"device {r['device']}; commit {r['commit']}.\n\n"
+        f"mIoU on the {c.get('eval_split', 'test')} split; device {r['device']}; "
+        f"commit {r['commit']}.\n\n"
     )
     if c.get("dt_feature_cache"):
         head += (
@@ -411,7 +475,7 @@ def format_results(r: dict[str, Any]) -> str:
         )
     if not r["complete"]:
         head += f"**Partial**: {len(r['runs'])} evaluation runs so far.\n\n"
-    runs_md = results_table(r["runs"], c["methods"])
+    runs_md = results_table(r["runs"], c["methods"], c.get("eval_split", "test"))
     return (
         head
         + runs_md

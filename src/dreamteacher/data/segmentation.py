@@ -1,10 +1,16 @@
 """The mask-folder format: images/<id>.<ext>, masks/<id>.png (uint8 ids, 255 = ignore),
 optional splits.json {"train": [...], "val": [...], "test": [...]},
 optional classes.json {"names": [...], "ignore_index": 255}.
+
+A folder without splits.json gets a test part (TEST_FRACTION of its ids); a folder without a
+val split gets one carved from train (VAL_FRACTION of train), so that settings can be chosen
+on val and the test split read once. Both parts are picked by a hash of the id: the same ids
+on every machine and in every command, independent of file order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -28,6 +34,19 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise UserError(f"{path} is not valid JSON (line {e.lineno}); fix its syntax") from None
+
+
+TEST_FRACTION = 0.2  # of all ids, the test part of a folder without splits.json
+VAL_FRACTION = 0.1  # of train, the val part of a folder without one
+
+
+def carve(ids: list[str], fraction: float) -> tuple[list[str], list[str]]:
+    """(rest, part): `fraction` of `ids` (at least one when there are two or more), chosen by
+    the SHA-1 of each id, both lists sorted."""
+    n = max(1, round(len(ids) * fraction)) if len(ids) > 1 else 0
+    by_hash = sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())
+    part = set(by_hash[:n])
+    return sorted(i for i in ids if i not in part), sorted(part)
 
 
 class MaskFormatError(UserError):
@@ -130,10 +149,14 @@ class MaskFolder:
                         f"{img_dir}; fix the id or add the image"
                     )
                 self.splits[name] = [i for i in ids if i in self.images]
-        else:  # deterministic 80/20 train/val split by sorted id
-            ids = sorted(self.images)
-            n_val = max(1, len(ids) // 5) if len(ids) > 1 else 0
-            self.splits = {"train": ids[: len(ids) - n_val], "val": ids[len(ids) - n_val :]}
+        else:
+            train, test = carve(sorted(self.images), TEST_FRACTION)
+            self.splits = {"train": train, "test": test}
+        # ids moved from train to a val split made here (empty when the folder has val)
+        self.carved_val: list[str] = []
+        if not self.splits.get("val") and len(self.splits.get("train", [])) > 1:
+            self.splits["train"], self.carved_val = carve(self.splits["train"], VAL_FRACTION)
+            self.splits["val"] = self.carved_val
 
     def _skip(self, what: str, fix: str) -> None:
         if self.strict:
