@@ -105,11 +105,7 @@ class Benchmark:
         self._memo: dict[Any, Any] = {}
         self.records: dict[str, Record] = {}  # pretraining cells by name, for their cost
         self.folder = MaskFolder(cfg.data)
-        if not self.folder.splits.get(cfg.eval_split):
-            raise UserError(
-                f"{self.folder.root} has no {cfg.eval_split} split to evaluate on; add one to "
-                "splits.json"
-            )
+        self.folder.eval_split(cfg.eval_split)  # one line naming the folder if it has none
         # the unlabeled images every pretraining sees: by default every image but the test's
         self.splits = cfg.pretrain_splits or [s for s in self.folder.splits if s != "test"]
         # every cell's settings start with these
