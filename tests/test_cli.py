@@ -1,6 +1,9 @@
 """The command line: each command's flags (generated from its config, config.FLAGS) and how
 list flags share their tokens with key=value overrides."""
 
+import subprocess
+import sys
+
 import pytest
 
 from dreamteacher import cli
@@ -51,3 +54,51 @@ def test_unknown_flag_is_refused(capsys):
     with pytest.raises(SystemExit) as e:
         cli.parse(["finetune", "--lables", "5"])
     assert e.value.code == 2 and "--lables" in capsys.readouterr().err
+
+
+def test_help_and_argument_errors_import_no_numerical_library():
+    """`--help` and a refused argument answer without importing torch, diffusers or timm."""
+    code = (
+        "import sys\n"
+        "from dreamteacher.cli import main\n"
+        "for argv in (['pretrain', '--help'], ['train-teacher', '--out', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'timm', 'numpy') if m in sys.modules))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout + p.stderr
+    assert "--data is required" in p.stderr
+
+
+def test_help_shows_each_flags_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train-teacher", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--steps STEPS optimizer steps (default: 2000)" in text
+    assert "--image-size N [N ...] input size: one number (square) or H W (default: 64 64)" in text
+    assert "--data DATA input folder" in text and "(required)" in text
+    with pytest.raises(SystemExit):
+        cli.main(["pretrain", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the teacher's resolution)" in text and "(default: 50)" in text
+
+
+def test_warnings_print_one_line_without_source(tmp_path):
+    """The CLI prints a warning as `warning: ...` alone: no file path, no code line."""
+    code = (
+        "import warnings\n"
+        "from dreamteacher import cli\n"
+        "def command(**kw):\n"
+        "    warnings.warn('skipped 1 unreadable input(s) under x: a.png (empty image)')\n"
+        "cli._api = lambda name: command\n"
+        "cli.check = lambda *a: None\n"
+        "raise SystemExit(cli.main(['demo', '--out', 'somewhere']))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert p.returncode == 0
+    assert p.stderr == "warning: skipped 1 unreadable input(s) under x: a.png (empty image)\n"

@@ -1,8 +1,11 @@
 """Bad input: one clear line naming the file and the fix, exit code 2, no traceback."""
 
+import os
+import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,17 +47,18 @@ def test_folder_without_images(tmp_path, capsys):
 
 
 def test_mask_size_mismatch(tmp_path, capsys):
-    (tmp_path / "images").mkdir()
-    (tmp_path / "masks").mkdir()
+    seg = tmp_path / "seg"
+    (seg / "images").mkdir(parents=True)
+    (seg / "masks").mkdir()
     for i in range(3):
-        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "images" / f"a{i}.png")
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(seg / "images" / f"a{i}.png")
         size = (32, 32) if i != 1 else (16, 32)
-        Image.fromarray(np.zeros(size, np.uint8)).save(tmp_path / "masks" / f"a{i}.png")
+        Image.fromarray(np.zeros(size, np.uint8)).save(seg / "masks" / f"a{i}.png")
     code, err = run_cli(
         [
             "finetune",
             "--data",
-            str(tmp_path),
+            str(seg),
             "--backbone",
             "resnet18",
             "--out",
@@ -196,3 +200,113 @@ def test_unreadable_teacher_json_is_one_line(teacher_run, tmp_path):
         load_teacher(str(run))
     (run / "teacher.json").unlink()
     assert load_teacher(str(run)).image_size is None
+
+
+# (command and arguments, a part of the one-line message). DATA is the scene mask folder,
+# OUT a fresh folder, FILE an existing file, TEACHER the tiny teacher run.
+BAD_INPUT = [
+    (["train-teacher", "--out", "OUT"], "--data is required; pass --data PATH"),
+    (["train-teacher", "--data", "DATA"], "--out is required"),
+    (["pretrain", "--data", "DATA", "--out", "OUT"], "--teacher is required"),
+    (["finetune", "--data", "DATA", "--out", "DATA/run"], "--out DATA/run is inside --data DATA"),
+    (["train-teacher", "--data", "DATA", "--out", "DATA"], "--out DATA is inside --data DATA"),
+    (["pretrain-baseline", "--data", "OUT/imgs", "--out", "OUT"], "--data OUT/imgs is inside"),
+    (
+        ["pretrain", "--data", "DATA", "--teacher", "TEACHER", "--out", "TEACHER/x"],
+        "inside --teacher",
+    ),
+    (
+        ["train-teacher", "--data", "DATA", "--out", "OUT", "lr=-1"],
+        "'lr' must be positive, got -1.0",
+    ),
+    (["train-teacher", "--data", "DATA", "--out", "OUT", "lr=nan"], "'lr' is nan; give a finite"),
+    (
+        ["finetune", "--data", "DATA", "--out", "OUT", "--batch-size", "0"],
+        "'batch_size' must be pos",
+    ),
+    (["train-teacher", "--data", "DATA", "--out", "OUT", "--save-every", "0"], "'save_every' must"),
+    (
+        ["train-teacher", "--data", "DATA", "--out", "OUT", "--steps", "0"],
+        "'steps' must be positive",
+    ),
+    (["train-teacher", "--data", "DATA", "--out", "OUT", "--steps", "-5"], "got -5"),
+    (
+        ["pretrain-baseline", "--data", "DATA", "--out", "OUT", "betas=[0.9,1.5]"],
+        "in [0, 1), got 1.5",
+    ),
+    (["finetune", "--data", "DATA", "--out", "OUT", "weight_decay=-0.1"], "zero or more, got -0.1"),
+    (["benchmark", "--data", "DATA", "--out", "OUT", "finetune_lr=inf"], "'finetune_lr' is inf"),
+    (["demo", "--out", "OUT", "teacher_steps=0"], "'teacher_steps' must be positive"),
+    (["train-teacher", "--data", "DATA", "--out", "FILE"], "--out FILE is an existing file"),
+    (["train-teacher", "--data", "DATA", "--out", "FILE/run"], "FILE is a file, not a folder"),
+    (
+        ["finetune", "--data", "DATA", "--out", "OUT", "--labels", "500", "--image-size", "32"],
+        "labels=500 asks for more than the 14 train images; use 14 or fewer",
+    ),
+    (["export", "TEACHER", "--out", "FILE"], "--out FILE is an existing file"),
+    (["export", "TEACHER", "--out", "DATA"], "--out DATA is not empty and not an export"),
+]
+
+
+@pytest.mark.parametrize(
+    "args, expected", BAD_INPUT, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_INPUT]
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    args, expected, scenes, teacher_run, tmp_path, capsys
+):
+    paths = {
+        "DATA": str(scenes),
+        "OUT": str(tmp_path / "out"),
+        "FILE": str(tmp_path / "notes.txt"),
+        "TEACHER": str(teacher_run),
+    }
+    (tmp_path / "notes.txt").write_text("not a folder")
+    fill = lambda a: re.sub(r"\b(DATA|OUT|FILE|TEACHER)\b", lambda m: paths[m[1]], a)
+    before = (
+        sorted(p.name for p in scenes.rglob("*")),
+        sorted(p.name for p in teacher_run.rglob("*")),
+    )
+    code, err = run_cli([fill(a) for a in args], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert fill(expected) in err[0]
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    after = (
+        sorted(p.name for p in scenes.rglob("*")),
+        sorted(p.name for p in teacher_run.rglob("*")),
+    )
+    assert after == before and (tmp_path / "notes.txt").read_text() == "not a folder"
+
+
+def test_abbreviated_flags_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["pretrain", "--epoch", "3"])
+    assert e.value.code == 2 and "unrecognized arguments: --epoch" in capsys.readouterr().err
+
+
+def test_unwritable_out_parent_is_one_line(tmp_path, monkeypatch, capsys, scenes):
+    """(Simulated: the tests may run as root, who may write anywhere.)"""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real(p, mode))
+    code, err = run_cli(
+        ["train-teacher", "--data", str(scenes), "--out", str(locked / "run")], capsys
+    )
+    assert code == 2 and f"cannot write in {locked} (permission denied)" in err[0]
+
+
+def test_os_errors_past_the_checks_are_one_line(tmp_path, monkeypatch, capsys, scenes):
+    """An OS error the checks could not foresee (here the run folder's creation failing with
+    EACCES) is one line naming the path."""
+    real = Path.mkdir
+
+    def mkdir(self, *a, **kw):
+        if self.name == "run":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    args = ["finetune", "--data", str(scenes), "--out", str(tmp_path / "run"), "--steps", "1"]
+    code, err = run_cli(args + ["--backbone", "resnet18", "--image-size", "32"], capsys)
+    assert code == 2 and len(err) == 1
+    assert f"cannot create --out {tmp_path / 'run'} (Permission denied)" in err[0]

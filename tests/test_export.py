@@ -1,6 +1,7 @@
 """Export round trip: strict load into timm.create_model(name), identical features."""
 
 import json
+import shutil
 
 import pytest
 import timm
@@ -70,3 +71,29 @@ def test_export_of_a_final_missing_a_key(pretrain_run, tmp_path, key):
     with pytest.raises(UserError, match=r"final\.pt is unreadable \(KeyError\)"):
         dt.export(tmp_path, tmp_path / "bb")
     assert not (tmp_path / "bb").exists()  # nothing half-written
+
+
+def test_export_never_overwrites_a_folder_that_is_not_an_export(
+    pretrain_run, teacher_run, tmp_path, capsys
+):
+    """Exporting into a teacher's unet/ would replace its config.json: refused without --force;
+    a second export over an export is allowed and said so."""
+    unet = tmp_path / "teacher" / "unet"
+    shutil.copytree(teacher_run / "unet", unet)
+    before = {p.name: p.read_bytes() for p in unet.iterdir()}
+    with pytest.raises(
+        UserError, match=r"unet is not empty and not an export .*config.json.*--force"
+    ):
+        dt.export(pretrain_run, unet)
+    assert {p.name: p.read_bytes() for p in unet.iterdir()} == before
+    bb = dt.export(pretrain_run, tmp_path / "bb")
+    assert "replacing" not in capsys.readouterr().out
+    first = (bb / "model.safetensors").read_bytes()
+    dt.export(pretrain_run, bb)
+    assert f"replacing the export in {bb}" in capsys.readouterr().out
+    assert (bb / "model.safetensors").read_bytes() == first  # the same run, the same bytes
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("mine")
+    dt.export(pretrain_run, notes, force=True)
+    assert (notes / "readme.txt").read_text() == "mine" and (notes / "model.safetensors").exists()

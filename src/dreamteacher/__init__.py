@@ -1,33 +1,42 @@
 """dreamteacher: pretrain timm backbones by distilling a generative model's features
-(DreamTeacher, Li et al., ICCV 2023)."""
+(DreamTeacher, Li et al., ICCV 2023).
 
-from dreamteacher.api import (
-    cache_features,
-    export,
-    finetune,
-    pretrain,
-    pretrain_baseline,
-    train_ddpm_seg,
-    train_interpreter,
-    train_teacher,
-)
+The functions are imported on first use (`dreamteacher.pretrain`), so that the command line's
+help and argument errors answer without loading torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from dreamteacher.benchmarking import benchmark
-from dreamteacher.demo import demo
+from dreamteacher.demo import demo  # (binds the name `demo` to the function, not the module)
 from dreamteacher.errors import UserError
-from dreamteacher.export import load_backbone
 
 __version__ = "0.1.0"
-__all__ = [
-    "UserError",
-    "benchmark",
-    "cache_features",
-    "demo",
-    "export",
-    "finetune",
-    "load_backbone",
-    "pretrain",
-    "pretrain_baseline",
-    "train_ddpm_seg",
-    "train_interpreter",
-    "train_teacher",
-]
+# public name -> the module that defines it
+_WHERE = {
+    "cache_features": "dreamteacher.api",
+    "export": "dreamteacher.api",
+    "finetune": "dreamteacher.api",
+    "load_backbone": "dreamteacher.exporting",
+    "pretrain": "dreamteacher.api",
+    "pretrain_baseline": "dreamteacher.api",
+    "train_ddpm_seg": "dreamteacher.api",
+    "train_interpreter": "dreamteacher.api",
+    "train_teacher": "dreamteacher.api",
+}
+__all__ = ["UserError", "benchmark", "demo", *sorted(_WHERE)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'dreamteacher' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

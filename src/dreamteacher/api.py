@@ -29,7 +29,7 @@ from dreamteacher.config import (
     TeacherConfig,
     build_config,
 )
-from dreamteacher.export import export as _export
+from dreamteacher.exporting import export as _export
 
 Options = list[str] | dict[str, Any] | None
 
@@ -80,9 +80,10 @@ def cache_features(
     return engine.cache_features(cfg)
 
 
-def export(run: str | Path, out: str | Path) -> Path:
-    """Write the pretrained backbone as timm weights; returns the export folder."""
-    return _export(run, out)
+def export(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Write the pretrained backbone as timm weights; returns the export folder. A non-empty
+    `out` that is not an earlier export is refused unless `force`."""
+    return _export(run, out, force)
 
 
 def finetune(

@@ -2,7 +2,7 @@
 
 dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
 dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
-dreamteacher export RUN2 --out BB
+dreamteacher export RUN2 --out BB [--force]
 dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
 dreamteacher train-interpreter --teacher RUN --data SEGDIR --labels N --out RUN4
 dreamteacher pretrain --mode mix --interpreter RUN4 --data DIR --teacher RUN --out RUN5
@@ -12,7 +12,8 @@ dreamteacher benchmark --data SEGDIR --out DIR [--profile smoke|cpu|gpu] [key=va
 dreamteacher demo [--out DIR]
 
 Every command but export takes `--config FILE.yaml` and `key=value` overrides of any key of
-its config; the flags are the keys named in config.FLAGS.
+its config; the flags are the keys named in config.FLAGS. The config is resolved and checked
+before the command (and torch) is imported: a bad value is refused at once, in one line.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import argparse
 import dataclasses
 import sys
 import typing
+import warnings
 from typing import Any
 
 from dreamteacher import config as C
-from dreamteacher.benchmarking.config import BenchmarkConfig
+from dreamteacher.benchmarking.config import BenchmarkConfig, build_benchmark_config
 from dreamteacher.demo import DemoConfig
 from dreamteacher.errors import UserError
 
@@ -71,6 +73,7 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
     """A flag for each field of `cls` named in config.FLAGS, typed from its annotation;
     returns their keys."""
     hints = typing.get_type_hints(cls)
+    defaults = cls()
     keys = []
     for f in dataclasses.fields(cls):
         if f.name not in C.FLAGS:
@@ -78,7 +81,8 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
         tp = hints[f.name]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         base = args[0] if args and typing.get_origin(tp) is not list else tp
-        kw: dict = {"help": C.FLAGS[f.name], "dest": f.name}
+        kw: dict = {"help": C.FLAGS[f.name] + _default_text(f.name, getattr(defaults, f.name))}
+        kw["dest"] = f.name
         if base is bool:
             kw.update(action="store_true", default=None)
         elif typing.get_origin(base) is list:  # integers; the tokens after them are overrides
@@ -92,20 +96,39 @@ def _add_flags(p: argparse.ArgumentParser, cls: type) -> list[str]:
     return keys
 
 
+def _default_text(key: str, value: Any) -> str:
+    """' (default: ...)' for a flag's help; ' (required)' for a key that has none."""
+    if isinstance(value, bool):
+        return ""
+    if value in ("", None):
+        if key == "image_size":
+            return " (default: the teacher's resolution)"
+        return " (required)" if key in C.REQUIRED else ""
+    if isinstance(value, list):
+        value = " ".join(str(v) for v in value)
+    return f" (default: {value})"
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
     """The parser, and each command's flag keys."""
     ap = argparse.ArgumentParser(
         prog="dreamteacher",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --epoch is not --epochs
     )
     sub = ap.add_subparsers(dest="command", required=True)
     flags: dict[str, list[str]] = {}
     for name, (text, cls, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
         if cls is None:  # export
-            p.add_argument("run", help="pretrain run folder")
-            p.add_argument("--out", required=True, help="export folder")
+            p.add_argument("run", help="pretrain or pretrain-baseline run folder")
+            p.add_argument("--out", required=True, help="export folder (required)")
+            p.add_argument(
+                "--force",
+                action="store_true",
+                help="write into a non-empty folder that is not an export",
+            )
             continue
         flags[name] = _add_flags(p, cls)
         p.add_argument("--config", help="YAML file of config keys")
@@ -163,17 +186,43 @@ def flag_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(args, k) for k in args.flags if getattr(args, k) is not None}
 
 
+def check(command: str, config: str | None, overrides: list[str], kw: dict[str, Any]) -> None:
+    """Resolve and check the command's config before the command (and torch) is imported, so
+    that a bad value is refused at once; the command resolves it again, identically."""
+    if command == "benchmark":
+        kw = dict(kw)
+        build_benchmark_config(kw.pop("profile", "cpu"), config, overrides, **kw)
+    else:
+        C.build_config(COMMANDS[command][1], config, overrides, **kw)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as `warning: ...` alone (no source path, no code line)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    warnings.formatwarning = _warning_line
     try:
         if args.command == "export":
-            _api("export")(args.run, args.out)
+            _api("export")(args.run, args.out, force=args.force)
             return 0
         kw = flag_kwargs(args)
+        check(args.command, args.config, args.overrides, kw)
         _api(COMMANDS[args.command][2])(config=args.config, overrides=args.overrides, **kw)
         return 0
     except UserError as e:
         print(f"dreamteacher {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the checks could not foresee (permissions, a full disk)
+        where = e.filename if e.filename is not None else "a file"
+        why = e.strerror or type(e).__name__
+        print(
+            f"dreamteacher {args.command}: error: cannot use {where} ({why}); fix the path or "
+            "its permissions",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("interrupted; continue with --resume", file=sys.stderr)

@@ -10,6 +10,7 @@ as `config.yaml`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -19,8 +20,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dreamteacher.defaults import AT_SOURCES, DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
 from dreamteacher.errors import UserError
-from dreamteacher.losses import AT_SOURCES, DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
 
 # Defaults that several commands (and the benchmark) share, each declared once here.
 STRIDES = [4, 8, 16, 32]  # the feature levels distilled: the student's C2..C5
@@ -45,7 +46,7 @@ FLAGS: dict[str, str] = {
     "backbone": "timm model name, e.g. resnet50",
     "weights": "exported backbone folder, or 'scratch'",
     "labels": "number of labelled training images",
-    "mode": "feature (default), label or mix distillation",
+    "mode": "feature, label or mix distillation",
     "interpreter": "train-interpreter run folder (label and mix modes)",
     "method": "simclr, mocov2, byol or densecl",
     "preset": "UNet size: tiny, small or base",
@@ -57,7 +58,7 @@ FLAGS: dict[str, str] = {
     "seed": "random seed",
     "save_every": "steps between checkpoints (cache-features: batches between progress records)",
     "resume": "continue from the last checkpoint in --out",
-    "device": "cpu, cuda or auto (default)",
+    "device": "cpu, cuda or auto",
     "strict": "fail on an unreadable or unmatched input file instead of skipping it",
 }
 
@@ -371,7 +372,103 @@ def build_config(
         _apply(cfg, ov, "overrides")
     if getattr(cfg, "image_size", None) is not None:
         cfg.image_size = normalize_size(cfg.image_size)
+    check_values(cfg)
+    check_paths(cfg)
     return cfg
+
+
+# Value rules, by key, for every config (commands, benchmark, demo): numbers are finite and
+# positive unless named here.
+NON_NEGATIVE = {
+    "weight_decay",
+    "warmup_steps",
+    "warmup_epochs",
+    "lambda_at",
+    "dt_lambda_at",
+    "lambda_ld",
+    "dice_weight",
+    "t",
+    "dt_t",
+    "ddpm_seg_t",
+    "seed",
+    "seeds",
+    "dt_feature_cache",
+    "attention_levels",
+}
+FRACTIONS = {"betas", "ema_decay", "momentum", "dropout"}  # in [0, 1)
+AT_LEAST = {"num_workers": -1}  # -1 = auto
+# keys without a meaningful default: a command refuses to run without them
+REQUIRED = ("data", "out", "teacher")
+# inputs that the output folder must not be, or lie in (its files would be read as input)
+INPUT_FOLDERS = ("data", "teacher", "interpreter", "weights", "feature_cache")
+
+
+def _numbers(value: Any) -> list[Any]:
+    items = value if isinstance(value, list) else [value]
+    return [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def check_values(cfg: Any) -> None:
+    """Refuse a missing required key, or a number that is not finite or out of its range,
+    with one line naming the key and the fix."""
+    for key in REQUIRED:
+        if getattr(cfg, key, None) == "":
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} is required; pass {flag} PATH, the {FLAGS[key]}")
+    for f in dataclasses.fields(cfg):
+        for v in _numbers(getattr(cfg, f.name)):
+            if not math.isfinite(v):
+                raise UserError(f"config key '{f.name}' is {v}; give a finite number")
+            if f.name in AT_LEAST:
+                low = AT_LEAST[f.name]
+                ok, want = v >= low, f"at least {low}"
+            elif f.name in FRACTIONS:
+                ok, want = 0 <= v < 1, "in [0, 1)"
+            elif f.name in NON_NEGATIVE:
+                ok, want = v >= 0, "zero or more"
+            else:
+                ok, want = v > 0, "positive"
+            if not ok:
+                raise UserError(f"config key '{f.name}' must be {want}, got {v}; fix its value")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_paths(cfg: Any) -> None:
+    """The output folder is not an input folder, nor inside one, nor around --data (a run's
+    files would be read as data by the next run); it is not an existing file."""
+    out = getattr(cfg, "out", "")
+    if not out:
+        return
+    out_path = Path(out).expanduser().resolve()
+    if out_path.exists() and not out_path.is_dir():
+        raise UserError(f"--out {out} is an existing file; name a folder to write the run to")
+    parent = next(p for p in (out_path, *out_path.parents) if p.exists())
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(
+            f"--out {out}: cannot write in {parent} (permission denied); choose an --out you "
+            "can write to"
+        )
+    for key in INPUT_FOLDERS:
+        value = getattr(cfg, key, None)
+        if not isinstance(value, str) or not value or value == "scratch":
+            continue
+        path = Path(value).expanduser().resolve()
+        flag = "--" + key.replace("_", "-")
+        if _inside(out_path, path):
+            raise UserError(
+                f"--out {out} is inside {flag} {value}: the run's files would land among its "
+                f"input; choose an --out outside {value}"
+            )
+        if key == "data" and _inside(path, out_path):
+            raise UserError(
+                f"--data {value} is inside --out {out}: the run's files would be read as data; "
+                "choose an --out that does not contain the data"
+            )
 
 
 def normalize_size(size: int | list[int]) -> list[int]:

@@ -14,12 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from dreamteacher import api
 from dreamteacher.config import build_config
-from dreamteacher.data.synthetic import make_scenes
-from dreamteacher.runfiles import atomic_json
 
 
 @dataclass
@@ -53,6 +48,12 @@ def demo(
 
 
 def run_demo(s: DemoConfig) -> dict:
+    import torch  # late: the command line's help and argument checks import no torch
+
+    from dreamteacher import api
+    from dreamteacher.data.synthetic import make_scenes
+    from dreamteacher.runfiles import atomic_json
+
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))

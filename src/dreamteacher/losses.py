@@ -9,15 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# the paper's weights (config.py's defaults read them from here)
-LAMBDA_AT = 10.0  # of L_AT in L_feat
-# what L_AT compares with the teacher's raw maps: the regressor's predictions (as the paper's
-# L_feat writes it) or the backbone's own stage outputs C2..C5 (channel-agnostic, as in
-# Zagoruyko & Komodakis 2017, where AT acts on the network's activations)
-AT_SOURCES = ("regressor", "backbone")
-LAMBDA_LD = 1.0  # of L_ld in L_mix
-TAU = 4.0  # softmax temperature of L_ld
-DICE_WEIGHT = 3.0  # of Dice in the interpreter's CE + Dice
+from dreamteacher.defaults import AT_SOURCES, DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
+
+__all__ = ["AT_SOURCES", "DICE_WEIGHT", "LAMBDA_AT", "LAMBDA_LD", "TAU"]
 
 
 def whiten(f: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

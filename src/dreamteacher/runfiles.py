@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,16 @@ def _umask() -> int:
     return mask
 
 
+def make_readable(path: str | Path) -> None:
+    """Give a file written through a private temporary (mode 0600), or every file under a
+    folder, the mode a plain open() would have given it (0666 less the umask)."""
+    path = Path(path)
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for f in files:
+        with contextlib.suppress(OSError):  # some network file systems refuse chmod
+            os.chmod(f, 0o666 & ~_umask())
+
+
 def atomic_write(path: str | Path, write_fn) -> None:
     """write_fn(tmp_path) then fsync and rename over `path`: readers never see a partial file,
     and a failed write (disk full, no permission) leaves the previous file untouched and is
@@ -44,8 +55,7 @@ def atomic_write(path: str | Path, write_fn) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write_fn(tmp)  # (which may write a new file of its own at tmp)
-        with contextlib.suppress(OSError):  # some network file systems refuse chmod
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs owner-only
+        make_readable(tmp)  # mkstemp's 0600 would make outputs owner-only
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -106,7 +116,13 @@ class Run:
                 "it, or choose another --out"
             )
         if self.rank == 0:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(
+                    f"cannot create --out {self.dir} ({e.strerror or type(e).__name__}); "
+                    "choose a folder you can write to"
+                ) from None
             if not getattr(cfg, "resume", False):
                 self.metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
             save_config(cfg, self.dir / "config.yaml")
@@ -126,6 +142,7 @@ class Run:
         if self.rank != 0:
             return
         state = dict(state, step=step, rng=rng_state(), config=dataclasses.asdict(self.cfg))
+        state["cwd"] = os.getcwd()  # what the config's relative paths are relative to
         atomic_save(state, self.ckpt_dir / f"step_{step:08d}.pt")
         for old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
@@ -143,7 +160,7 @@ class Run:
                     stacklevel=2,
                 )
                 continue
-            self._check_same_settings(state.get("config", {}), path)
+            self._check_same_settings(state.get("config", {}), path, state.get("cwd"))
             self._check_same_world(state, path)
             self._truncate_metrics(state["step"])
             return state
@@ -164,9 +181,23 @@ class Run:
         "compile",
     }
 
-    def _check_same_settings(self, saved: dict[str, Any], path: Path) -> None:
+    # settings that name a file or folder: compared as resolved paths, so that a run resumes
+    # from another working folder (data='seg' then data='probe/seg')
+    _PATHS = {"data", "teacher", "interpreter", "weights", "feature_cache"}
+
+    def _check_same_settings(self, saved: dict[str, Any], path: Path, cwd: str | None) -> None:
         now = dataclasses.asdict(self.cfg)
-        diff = [k for k in now if k not in self._RESUMABLE and k in saved and saved[k] != now[k]]
+
+        def same(k: str) -> bool:
+            if saved[k] == now[k]:
+                return True
+            if k in self._PATHS and isinstance(saved[k], str) and isinstance(now[k], str):
+                then = Path(cwd or os.getcwd()) / saved[k] if saved[k] else None
+                here = Path(now[k]).resolve() if now[k] else None
+                return (then.resolve() if then else None) == here
+            return False
+
+        diff = [k for k in now if k not in self._RESUMABLE and k in saved and not same(k)]
         if diff:
             k = diff[0]
             raise UserError(
@@ -203,7 +234,55 @@ class Run:
         self.metrics_path.write_text("".join(x + "\n" for x in keep))
 
 
+LOG_EVERY_S = 30.0  # seconds between progress lines when stderr is not a terminal
+
+
+class LineProgress:
+    """Progress for a log file: a plain line every `every` seconds and one at the end, instead
+    of a bar's carriage-return updates. The part of tqdm's interface the loops use."""
+
+    def __init__(self, total: int | None, initial: int = 0, desc: str = "", every: float = 0.0):
+        self.total, self.n, self.desc = total, initial, desc
+        self.every = every or LOG_EVERY_S
+        self.start_n, self.shown_n, self.postfix = initial, initial, ""
+        self.t0 = self.last = time.monotonic()
+
+    def _line(self) -> str:
+        dt = time.monotonic() - self.t0
+        rate = (self.n - self.start_n) / dt if dt > 0 else 0.0
+        done = f"{self.n}/{self.total}" if self.total else str(self.n)
+        return f"{self.desc}: {done}, {rate:.2f} it/s, {dt:.0f} s{self.postfix}"
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last, self.shown_n = now, self.n
+            print(self._line(), file=sys.stderr, flush=True)
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = "".join(f", {k}={v}" for k, v in kw.items())
+
+    def close(self) -> None:
+        if self.n > self.shown_n:  # the last count, unless it was just shown
+            print(self._line(), file=sys.stderr, flush=True)
+        self.shown_n = self.n  # closing twice prints once
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 def progress(total: int, initial: int = 0, desc: str = "", disable: bool = False):
+    """A progress bar on a terminal, plain periodic lines in a log (LineProgress)."""
+    if not disable and not _terminal():
+        return LineProgress(total, initial, desc)
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -218,11 +297,22 @@ def progress(total: int, initial: int = 0, desc: str = "", disable: bool = False
 
 
 def track(iterable, desc: str = ""):
+    """`iterable` with progress: a bar on a terminal, periodic lines in a log."""
+    if not _terminal():
+        return _tracked(iterable, desc)
     from tqdm.auto import tqdm
 
     return tqdm(
         iterable, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, mininterval=1.0
     )
+
+
+def _tracked(iterable, desc: str):
+    total = len(iterable) if hasattr(iterable, "__len__") else None
+    with LineProgress(total, 0, desc) as bar:
+        for item in iterable:
+            yield item
+            bar.update(1)
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -14,9 +14,11 @@ from dreamteacher.data import MaskFolder
 from dreamteacher.errors import UserError
 
 
-def test_subsets_are_deterministic_and_disjoint_from_test(scenes):
+def test_subsets_are_deterministic_and_disjoint_from_test(scenes, capsys):
     folder = MaskFolder(scenes)
     a = labelled_subsets(folder, [3, 5, 1000], [0, 1])
+    said = capsys.readouterr().out  # N beyond the split is said, once per N
+    assert said.count("N = 1000 is more than the 14 train images") == 1 and "N = 5" not in said
     b = labelled_subsets(folder, [3, 5, 1000], [0, 1])
     assert a == b
     train, test = set(folder.splits["train"]), set(folder.splits["test"])
@@ -184,7 +186,7 @@ def test_dreamteacher_rows_from_a_feature_cache(tmp_path):
     assert len(list(cells.glob("pretrain-dreamteacher-*"))) == 2
     assert "feature cache (cache-features)" not in [c["stage"] for c in online["costs"]]
     assert "feature cache of" not in (tmp_path / "b" / "results.md").read_text()
-    with pytest.raises(UserError, match="dt_feature_cache must be 0"):
+    with pytest.raises(UserError, match="'dt_feature_cache' must be zero or more, got -1"):
         dt.benchmark(str(data), dt_feature_cache=-1, **kw)
 
 
@@ -213,6 +215,10 @@ def test_val_carved_from_train_chooses_and_test_reports(tmp_path):
     run_cfg = yaml.safe_load((pre / "run" / "config.yaml").read_text())
     assert run_cfg["splits"] == ["train", "val"]  # every image but the test split's
     assert (run_cfg["at_source"], run_cfg["lambda_at"]) == ("backbone", 5.0)
+    (teacher,) = (tmp_path / "cells").glob("teacher-*")  # the smoke profile's cheap grid
+    assert yaml.safe_load((teacher / "run" / "config.yaml").read_text())["sample_steps"] == 5
+    md = (tmp_path / "val" / "results.md").read_text()
+    assert "(val mIoU %, one seed)" in md and "±" not in md
     test = dt.benchmark(str(data), str(tmp_path / "test"), **kw)
     assert test["cells_computed"] == 1  # the evaluation only: teacher and backbone are reused
     metrics = json.loads((Path(test["runs"][0]["cell"]) / "run" / "metrics.json").read_text())

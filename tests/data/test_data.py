@@ -98,9 +98,44 @@ def test_image_without_mask(tmp_path):
 def test_unknown_class_id(tmp_path):
     d = make_scenes(tmp_path, n=3, image_size=(16, 16), seed=0)
     Image.fromarray(np.full((16, 16), 9, np.uint8)).save(d / "masks" / "scene_00001.png")
-    f = MaskFolder(d)
-    with pytest.raises(UserError, match="scene_00001.png holds class id 9"):
-        f.dataset(["scene_00000", "scene_00001"], [16, 16])
+    with pytest.raises(UserError, match="unknown to classes.json .*scene_00001.png has 9"):
+        MaskFolder(d)  # checked up front, whichever images a command will use
+
+
+def test_every_bad_mask_is_reported_at_once(tmp_path):
+    """Two wrong-size masks and an RGB mask: one line names all three, whichever ids are used;
+    once they are fixed, two masks with unknown class ids are named together."""
+    d = make_scenes(tmp_path, n=8, image_size=(16, 16), seed=0)
+    for i in (2, 5):
+        Image.fromarray(np.zeros((8, 16), np.uint8)).save(d / "masks" / f"scene_0000{i}.png")
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(d / "masks" / "scene_00007.png")
+    with pytest.raises(UserError) as e:
+        MaskFolder(d)
+    msg = str(e.value)
+    assert msg.startswith("3 bad mask(s)") and "\n" not in msg
+    assert "scene_00002.png is 16x8" in msg and "scene_00005.png is 16x8" in msg
+    assert "scene_00007.png has mode RGB" in msg
+    for i in (2, 5, 7):
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(d / "masks" / f"scene_0000{i}.png")
+    for i in (1, 6):
+        Image.fromarray(np.full((16, 16), 7 + i, np.uint8)).save(d / "masks" / f"scene_0000{i}.png")
+    with pytest.raises(
+        UserError, match=r"2 mask\(s\) .*scene_00001.png has 8; scene_00006.png has 13"
+    ):
+        MaskFolder(d)
+
+
+def test_strict_reports_every_unreadable_file_at_once(tmp_path):
+    d = make_scenes(tmp_path, n=6, image_size=(16, 16), seed=0)
+    (d / "images" / "scene_00001.png").write_bytes(b"not a png")
+    (d / "images" / "scene_00004.png").write_bytes(b"")
+    with pytest.raises(UserError, match=r"^2 input\(s\) to fix .*scene_00001.*scene_00004"):
+        MaskFolder(d, strict=True)
+    with pytest.raises(UserError, match=r"^2 unreadable input\(s\) .*scene_00001.*scene_00004"):
+        ImageFolder(d / "images", [16, 16], strict=True)
+    with pytest.warns(UserWarning, match=r"skipped 2 input\(s\)") as w:
+        f = MaskFolder(d)
+    assert len(w) == 1 and "scene_00001" not in f.images
 
 
 def test_select_labeled_deterministic_subset():

@@ -3,6 +3,7 @@ naming the file, or rejected with a one-line UserError; --strict turns skips int
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +146,12 @@ def test_corrupt_mask_is_skipped_and_rgb_mask_rejected(tmp_path):
 
 def test_mask_size_and_class_id_are_errors(tmp_path):
     d = _mask_folder(tmp_path)
-    f = MaskFolder(d)
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(d / "masks" / "scene_00000.png")
     with pytest.raises(UserError, match="scene_00000.png is 16x8 but its image"):
-        f.dataset(["scene_00000"], [16, 16])
+        MaskFolder(d)
     Image.fromarray(np.full((16, 16), 7, np.uint8)).save(d / "masks" / "scene_00000.png")
-    with pytest.raises(UserError, match="class id 7 but classes.json has 5 classes"):
-        f.dataset(["scene_00000"], [16, 16])
+    with pytest.raises(UserError, match=r"unknown to classes.json \(5 classes.*has 7"):
+        MaskFolder(d)
 
 
 def test_empty_and_unreadable_folders(tmp_path, monkeypatch):
@@ -161,12 +161,46 @@ def test_empty_and_unreadable_folders(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="does not exist"):
         ImageFolder(tmp_path / "nope", [8, 8])
 
-    def denied(self, pattern):
-        raise PermissionError(13, "Permission denied")
+    # an unreadable folder (simulated: the tests may run as root, who reads anything)
+    real_scandir, locked = os.scandir, {tmp_path / "e", tmp_path / "d" / "locked"}
 
-    monkeypatch.setattr(Path, "rglob", denied)
+    def scandir(path):
+        if Path(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(UserError, match=r"cannot read folder .*Permission denied.*permissions"):
         ImageFolder(tmp_path / "e", [8, 8])
+    # an unreadable subfolder is reported, with the other skipped inputs, in one line
+    for sub in ("ok", "locked"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "d" / sub / "a.png")
+    (tmp_path / "d" / "ok" / "bad.png").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable input\(s\)") as w:
+        f = ImageFolder(tmp_path / "d", [8, 8])
+    assert len(w) == 1 and "locked/ (Permission denied)" in str(w[0].message)
+    assert "bad.png" in str(w[0].message) and [p.name for p in f.files] == ["a.png"]
+
+
+def test_symlinked_folders_are_followed_once(tmp_path):
+    real = tmp_path / "store" / "cams"
+    real.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(real / f"{i}.png")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "linked").symlink_to(real)  # a linked subfolder
+    (real / "loop").symlink_to(real)  # a link back to an ancestor: no endless walk
+    (data / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.warns(UserWarning, match=r"skipped 2 unreadable input\(s\)") as w:
+        f = ImageFolder(data, [8, 8])
+    assert sorted(p.name for p in f.files) == ["0.png", "1.png", "2.png"]
+    assert "loop/ (a link to a folder already searched)" in str(w[0].message)
+    assert "dangling (a link to nothing)" in str(w[0].message)
+    (tmp_path / "top").symlink_to(real)  # --data itself a link
+    (real / "loop").unlink()
+    assert len(ImageFolder(tmp_path / "top", [8, 8])) == 3
 
 
 def test_bad_json_files(tmp_path):

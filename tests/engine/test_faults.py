@@ -87,7 +87,7 @@ def test_disk_full_while_checkpointing_keeps_previous(tmp_path, monkeypatch):
 
 
 def test_export_failure_keeps_previous_export(pretrain_run, tmp_path, monkeypatch):
-    export_mod = importlib.import_module("dreamteacher.export")
+    export_mod = importlib.import_module("dreamteacher.exporting")
 
     bb = dt.export(pretrain_run, tmp_path / "bb")
     before = (bb / "model.safetensors").read_bytes()

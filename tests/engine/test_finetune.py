@@ -62,6 +62,7 @@ def test_evaluation_with_images_of_different_sizes(scenes, tmp_path):
     for i in test_ids[:2]:  # two test images (and masks) of another size
         Image.fromarray(np.zeros((24, 40, 3), np.uint8)).save(d / "images" / f"{i}.png")
         Image.fromarray(np.zeros((24, 40), np.uint8)).save(d / "masks" / f"{i}.png")
+    (d / "images" / f"{test_ids[2]}.png").write_bytes(b"")  # one unreadable: skipped, counted
     m = dt.finetune(
         data=str(d),
         out=str(tmp_path / "ft"),
@@ -73,6 +74,7 @@ def test_evaluation_with_images_of_different_sizes(scenes, tmp_path):
         device="cpu",
     )
     assert m["split"] == "test" and 0 <= m["miou"] <= 100
+    assert m["eval_images"] == len(test_ids) - 1 and m["eval_images_skipped"] == 1
 
 
 def test_frozen_protocol_trains_the_head_only(exported, scenes, tmp_path):

@@ -163,7 +163,7 @@ def test_mode_errors(kw, match, scenes, teacher_run, interpreter_run, tmp_path):
 
 
 def test_train_interpreter_errors(scenes, teacher_run, tmp_path, capsys):
-    with pytest.raises(UserError, match="no teacher given"):
+    with pytest.raises(UserError, match="--teacher is required; pass --teacher PATH"):
         dt.train_interpreter(data=str(scenes), out=str(tmp_path / "a"), device="cpu")
     with pytest.raises(UserError, match="is not a mask folder"):
         dt.train_interpreter(

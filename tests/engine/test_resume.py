@@ -1,6 +1,7 @@
 """--resume continues from the last checkpoint and ends with the same weights as an
 uninterrupted run (CPU, same seed)."""
 
+import os
 import shutil
 
 import pytest
@@ -66,3 +67,44 @@ def test_resume_from_a_checkpoint_that_does_not_fit(scenes, teacher_run, tmp_pat
         dt.train_teacher(data=str(scenes), out=str(b), resume=True, **TINY_TEACHER)
     msg = str(e.value)
     assert str(b) in msg and "does not fit" in msg and "\n" not in msg
+
+
+def test_resume_from_another_working_folder(scenes, teacher_run, tmp_path, monkeypatch, capsys):
+    """A run started with data='scenes' in one folder resumes with data='<parent>/scenes' from
+    the folder above (paths are compared resolved, from the working folder each run had);
+    another data folder is still refused."""
+    from diffusers import UNet2DModel
+
+    b = tmp_path / "b"
+    shutil.copytree(teacher_run, b)
+    (b / "checkpoints" / "step_00000004.pt").unlink()
+    shutil.rmtree(b / "unet")
+    ckpt = b / "checkpoints" / "step_00000002.pt"
+    state = torch.load(ckpt, weights_only=False)
+    assert state["cwd"]  # every checkpoint records its working folder
+    state["config"]["data"], state["cwd"] = scenes.name, str(scenes.parent)  # as if relative
+    torch.save(state, ckpt)
+    other = tmp_path / "scenes"
+    shutil.copytree(scenes, other)
+    with pytest.raises(UserError, match=rf"was made with data='{scenes.name}', now data='{other}'"):
+        dt.train_teacher(data=str(other), out=str(b), resume=True, **TINY_TEACHER)
+    monkeypatch.chdir(scenes.parent.parent)
+    rel = f"{scenes.parent.name}/{scenes.name}"
+    dt.train_teacher(data=rel, out=str(b), resume=True, **TINY_TEACHER)
+    assert f"resumed {b} at step 2" in capsys.readouterr().out
+    wa = UNet2DModel.from_pretrained(teacher_run / "unet").state_dict()
+    wb = UNet2DModel.from_pretrained(b / "unet").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_without_a_checkpoint_says_so(scenes, tmp_path, capsys):
+    kw = {**TINY_TEACHER, "steps": 1, "num_samples": 1, "sample_steps": 1}
+    dt.train_teacher(data=str(scenes), out=str(tmp_path / "t"), resume=True, **kw)
+    assert f"--resume: no checkpoint in {tmp_path / 't'} yet; starting at step 0" in (
+        capsys.readouterr().out
+    )
+    # the teacher's files are readable like every other output (0666 less the umask)
+    weights = next((tmp_path / "t" / "unet").glob("*.safetensors"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -20,10 +20,11 @@ import math
 import torch
 from torch import nn
 
+from dreamteacher.defaults import SSL_METHODS
 from dreamteacher.errors import UserError
 from dreamteacher.student import Backbone
 
-METHODS = ("simclr", "mocov2", "byol", "densecl")
+METHODS = SSL_METHODS
 
 
 def _lightly():

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamteacher.baselines.ssl import METHODS
 from dreamteacher.config import (
     DDPM_SEG_T,
     LOGIT_HEADS,
@@ -21,11 +20,11 @@ from dreamteacher.config import (
     T,
     build_config,
 )
+from dreamteacher.defaults import AT_SOURCES, SSL_METHODS
 from dreamteacher.errors import UserError
-from dreamteacher.losses import AT_SOURCES
 
 # backbones pretrained once on the unlabeled images: none, DreamTeacher, each SSL baseline
-PRETRAINED = ["scratch", "dreamteacher", *METHODS]
+PRETRAINED = ["scratch", "dreamteacher", *SSL_METHODS]
 # backbones distilled from the interpreter of each (N, seed) labelled subset (docs/method.md,
 # "Label distillation and mix distillation")
 LABEL_DISTILLED = ["dt-mix", "dt-label"]
@@ -63,6 +62,7 @@ class BenchmarkConfig:
     teacher_steps: int = 1500
     teacher_batch_size: int = 16
     teacher_lr: float = 1e-3
+    teacher_sample_steps: int | None = None  # DDIM steps of the sample grid (None: train-teacher's)
     # student pretraining, the same epochs and batch for every method
     pretrain_epochs: int = 30
     pretrain_max_steps: int | None = None
@@ -113,6 +113,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0],
         "teacher_steps": 20,
         "teacher_batch_size": 8,
+        "teacher_sample_steps": 5,  # the grid of a 20-step teacher is noise at any step count
         "pretrain_epochs": 1,
         "pretrain_max_steps": 4,
         "pretrain_batch_size": 8,
@@ -168,13 +169,8 @@ def build_benchmark_config(
     bad = [p for p in cfg.protocols if p not in PROTOCOLS]
     if bad:
         raise UserError(f"unknown protocol '{bad[0]}'; pick from {', '.join(PROTOCOLS)}")
-    if not cfg.labels or min(cfg.labels) <= 0:
-        raise UserError(f"labels must be positive numbers of images, got {cfg.labels}")
-    if cfg.dt_feature_cache < 0:
-        raise UserError(
-            "dt_feature_cache must be 0 (online) or a number of encodings per image, got "
-            f"{cfg.dt_feature_cache}"
-        )
+    if not cfg.labels:  # (each N is checked positive by build_config)
+        raise UserError("labels is empty; give at least one number of labelled images")
     if cfg.eval_split not in EVAL_SPLITS:
         raise UserError(
             f"unknown eval_split '{cfg.eval_split}'; choose val (to choose settings) or test"

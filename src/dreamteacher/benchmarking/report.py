@@ -60,6 +60,11 @@ def results_table(
     )
 
 
+def _over(agg: dict) -> str:
+    seeds = {c["n"] for c in agg.values()}
+    return "one seed" if seeds == {1} else "mean ± std over seeds"
+
+
 def _tables(runs: list[dict[str, Any]], methods: list[str], split: str, budget: str) -> str:
     agg = aggregate(runs)
     methods = _order({k[0] for k in agg}, methods)
@@ -69,7 +74,7 @@ def _tables(runs: list[dict[str, Any]], methods: list[str], split: str, budget: 
         ns = sorted({k[2] for k in agg if k[1] in (protocol, TEACHER_SIDE_PROTOCOL)})
         best = {n: max(c["mean"] for m in methods if (c := _cell(agg, m, protocol, n))) for n in ns}
         lines += [
-            f"**{protocol}**{budget} ({split} mIoU %, mean ± std over seeds)",
+            f"**{protocol}**{budget} ({split} mIoU %, {_over(agg)})",
             "",
             "| method | " + " | ".join(f"N = {n}" for n in ns) + " |",
             "|---|" + "---|" * len(ns),
@@ -81,7 +86,8 @@ def _tables(runs: list[dict[str, Any]], methods: list[str], split: str, budget: 
                 if a is None:
                     cells.append("-")
                     continue
-                s = f"{a['mean']:.1f} ± {a['std']:.1f}"
+                # one seed has no spread to show
+                s = f"{a['mean']:.1f}" + (f" ± {a['std']:.1f}" if a["n"] > 1 else "")
                 cells.append(f"**{s}**" if a["mean"] == best[n] else s)
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")

@@ -75,8 +75,8 @@ def benchmark(
 
 
 def labelled_subsets(folder: MaskFolder, labels: list[int], seeds: list[int]) -> dict:
-    """{(N, seed): ids}: N train images picked by seed (the whole train split when N >= its
-    size). Checked to be disjoint from the val and test splits."""
+    """{(N, seed): ids}: N train images picked by seed (the whole train split when N is as
+    large or larger, said in one line). Checked to be disjoint from the val and test splits."""
     train = folder.splits.get("train") or []
     if not train:
         raise UserError(f"{folder.root}/splits.json has no train ids; add a 'train' list")
@@ -87,7 +87,12 @@ def labelled_subsets(folder: MaskFolder, labels: list[int], seeds: list[int]) ->
                 f"{folder.root}/splits.json lists {both[0]} in both train and {split}; make "
                 "the splits disjoint"
             )
-    return {(n, s): select_labeled(train, n, s) for n in labels for s in seeds}
+    for n in sorted({n for n in labels if n > len(train)}):
+        print(
+            f"benchmark: N = {n} is more than the {len(train)} train images of {folder.root}; "
+            f"its rows use all {len(train)} (labelled_images in results.json)"
+        )
+    return {(n, s): select_labeled(train, min(n, len(train)), s) for n in labels for s in seeds}
 
 
 class Benchmark:
@@ -174,6 +179,8 @@ class Benchmark:
                 "warmup_steps": min(100, cfg.teacher_steps // 10),
                 "save_every": max(1, cfg.teacher_steps // 5),
             }
+            if cfg.teacher_sample_steps is not None:  # (absent otherwise: cell keys unchanged)
+                kw["sample_steps"] = cfg.teacher_sample_steps
             stage = "teacher (train-teacher)"
             return self._cell("teacher", api.train_teacher, kw, stage, cleanup=["run/checkpoints"])
 
@@ -288,7 +295,7 @@ class Benchmark:
         """A segmenter on the teacher's features of the (N, seed) subset, evaluated."""
         print(f"benchmark: {name} N{n}-seed{seed}")
         teacher = CellRef(self.teacher(), "run")
-        kw = {**self.base, "teacher": teacher, "labels": n, "seed": seed, **kw}
+        kw = {**self.base, "teacher": teacher, "labels": self.labelled(n), "seed": seed, **kw}
         kw["eval_split"] = self.cfg.eval_split
         key, stage = f"{name}-N{n}-seed{seed}", f"{name} N{n}-seed{seed}"
         return self._cell(key, command, kw, stage, cleanup=cleanup, after=_metrics)
@@ -343,7 +350,7 @@ class Benchmark:
             "backbone": cfg.backbone,
             "weights": weights,
             "freeze_backbone": frozen,
-            "labels": n,
+            "labels": self.labelled(n),
             "seed": seed,
             "steps": steps,
             "lr": cfg.frozen_lr if frozen else cfg.finetune_lr,
@@ -373,6 +380,11 @@ class Benchmark:
     def evaluations(self) -> list[tuple[str, int, int]]:
         c = self.cfg
         return [(p, n, s) for p in c.protocols for n in c.labels for s in c.seeds]
+
+    def labelled(self, n: int) -> int:
+        """The number of labelled images behind the rows of N = n: n, or all of train when
+        n is more (labelled_subsets says so)."""
+        return len(self.subsets[(n, self.cfg.seeds[0])])
 
     def add_row(self, method: str, protocol: str, n: int, seed: int, rec: Record) -> None:
         self.runs.append(

@@ -8,6 +8,7 @@ RGBA, CMYK, palette and 16-bit images are converted to 8-bit RGB; EXIF orientati
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -41,25 +42,73 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}".rstrip(": ")
 
 
-def list_images(root: str | Path, ids: list[str] | None = None) -> list[Path]:
-    """Every image file under `root` (recursive, sorted). Raises a one-line UserError if none."""
+def walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Every file under `root` (sorted), following symbolic links to folders once each (a
+    link back to a folder already searched is not entered again: no loops), and the folders
+    or entries that could not be read, each as "path (why)"."""
+    files: list[Path] = []
+    skipped: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def visit(folder: Path) -> None:
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen:
+                skipped.append(f"{folder}/ (a link to a folder already searched)")
+                return
+            seen.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(f"{folder}/ ({e.strerror or type(e).__name__})")
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    visit(path)
+                elif entry.is_file(follow_symlinks=True):
+                    files.append(path)
+                elif entry.is_symlink():
+                    skipped.append(f"{path} (a link to nothing)")
+            except OSError as e:
+                skipped.append(f"{path} ({e.strerror or type(e).__name__})")
+
+    visit(root)
+    return files, skipped
+
+
+def summarize_skipped(root: Path, skipped: list[str]) -> str:
+    """One line for every input skipped under `root`: the count and the first few."""
+    shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+    return f"skipped {len(skipped)} unreadable input(s) under {root}: {shown}"
+
+
+def list_images(
+    root: str | Path, ids: list[str] | None = None, skipped: list[str] | None = None
+) -> list[Path]:
+    """Every image file under `root` (recursive through links, sorted). Raises a one-line
+    UserError if none; unreadable folders are appended to `skipped` ("path (why)")."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"data folder {root} does not exist; pass an existing folder to --data")
     if not root.is_dir():
         raise UserError(f"--data {root} is not a folder; pass the folder that holds the images")
-    try:
-        entries = [p for p in root.rglob("*") if p.is_file()]
-    except OSError as e:
-        raise UserError(
-            f"cannot read folder {root} ({e.strerror or type(e).__name__}); fix its permissions"
-        ) from None
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise UserError(f"cannot read folder {root} (Permission denied); fix its permissions")
+    entries, unreadable = walk(root)
+    if unreadable and unreadable[0].startswith(f"{root}/ ("):  # the folder itself
+        why = unreadable[0][len(str(root)) + 3 : -1]
+        raise UserError(f"cannot read folder {root} ({why}); fix its permissions")
+    if skipped is not None:
+        skipped.extend(unreadable)
     files = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS)
     if ids is not None:
         wanted = set(ids)
         files = [p for p in files if p.stem in wanted]
     if not files:
         what = "has no image files" if entries else "is empty"
+        if unreadable:
+            what += f" that can be read ({summarize_skipped(root, unreadable)})"
         raise UserError(
             f"data folder {root} {what}; put {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} "
             "images in it (subfolders are searched)"
@@ -147,19 +196,24 @@ class ImageFolder(torch.utils.data.Dataset):
     ):
         self.root = Path(root)
         self.strict = strict
-        files = list_images(root, ids)
+        skipped: list[str] = []
+        files = list_images(root, ids, skipped)
         self.files: list[Path] = []
         for p in files:
             why = check_image(p)
             if why is None:
                 self.files.append(p)
-            elif strict:
-                raise UserError(
-                    f"cannot read image {p} ({why}); delete or replace the file "
-                    "(or drop --strict to skip it)"
-                )
             else:
-                warn(f"skipping {p}: {why}")
+                skipped.append(f"{p} ({why})")
+        if skipped and strict:
+            raise UserError(
+                f"{len(skipped)} unreadable input(s) under {self.root}: "
+                f"{'; '.join(skipped[:5])}{'; ...' if len(skipped) > 5 else ''}; delete or "
+                "replace them (or drop --strict to skip them)"
+            )
+        if skipped:
+            warn(summarize_skipped(self.root, skipped))
+        self.skipped = skipped
         if not self.files:
             raise UserError(
                 f"no readable images in {self.root}; every image file failed to "

@@ -66,6 +66,13 @@ def _load_mask(path: Path) -> np.ndarray:
         raise UserError(f"cannot read mask {path} ({type(e).__name__}); replace the file") from None
 
 
+def _class_ids(mask: np.ndarray) -> set[int]:
+    """The ids present in a mask (# H, W)."""
+    if mask.size and mask.min() >= 0 and mask.max() < 65536:
+        return set(np.flatnonzero(np.bincount(mask.ravel())).tolist())
+    return set(np.unique(mask).tolist())
+
+
 class MaskFolder:
     """Index of a mask-folder dataset: ids per split, class names, ignore index.
 
@@ -76,6 +83,7 @@ class MaskFolder:
     def __init__(self, root: str | Path, strict: bool = False):
         self.root = Path(root)
         self.strict = strict
+        self._skips: list[tuple[str, str]] = []
         img_dir, mask_dir = self.root / "images", self.root / "masks"
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise UserError(
@@ -99,21 +107,47 @@ class MaskFolder:
                 f"mask {masks[i]} has no image in {img_dir}", "add the image or remove the mask"
             )
         self.images, self.masks, self.skipped = {}, {}, set()
+        # every pair is checked here, whichever a command will use, so that a folder that
+        # passes with few labels passes with all of them; all bad masks are reported at once
+        self.exif: dict[str, bool] = {}  # apply the image's EXIF orientation?
+        self.mask_size: dict[str, tuple[int, int]] = {}  # W, H
+        present: dict[str, set[int]] = {}  # class ids in each mask
+        bad: list[str] = []
         for i in sorted(set(images) & set(masks)):
-            why = check_image(images[i], decode=True)  # labelled sets are small
-            if why is None:
-                try:
-                    _load_mask(masks[i])
-                except MaskFormatError:
-                    raise
-                except UserError as e:
-                    self._skip(str(e).split(";")[0], "replace the file")
-                    self.skipped.add(i)
-                    continue
-                self.images[i], self.masks[i] = images[i], masks[i]
-            else:
-                self._skip(f"image {images[i]} is unreadable ({why})", "replace the file")
+            ip, mp = images[i], masks[i]
+            why = check_image(ip, decode=True)  # labelled sets are small
+            if why is not None:
+                self._skip(f"image {ip} is unreadable ({why})", "replace the file")
                 self.skipped.add(i)
+                continue
+            try:
+                arr = _load_mask(mp)  # H, W
+            except MaskFormatError as e:
+                bad.append(str(e).split("; ")[0])
+                continue
+            except UserError as e:
+                self._skip(str(e).split(";")[0], "replace the file")
+                self.skipped.add(i)
+                continue
+            with Image.open(ip) as im:
+                isz, osz = im.size, oriented_size(im)
+            msz = (arr.shape[1], arr.shape[0])
+            if msz not in (isz, osz):
+                bad.append(
+                    f"mask {mp} is {msz[0]}x{msz[1]} but its image {ip.name} is {osz[0]}x{osz[1]}"
+                )
+                continue
+            # a mask drawn on the EXIF-oriented image: orient the image; else use it as stored
+            self.exif[i], self.mask_size[i] = msz == osz, msz
+            present[i] = _class_ids(arr)
+            self.images[i], self.masks[i] = ip, mp
+        self._report_skipped()
+        if bad:
+            raise UserError(
+                f"{len(bad)} bad mask(s) in {mask_dir}: {'; '.join(bad[:5])}"
+                f"{'; ...' if len(bad) > 5 else ''}; resize the masks (nearest) to their "
+                "images' sizes, as single-channel uint8 PNGs"
+            )
         if not self.images:
             raise UserError(f"{self.root} has no readable image/mask pairs (see the warnings)")
         cls_file = self.root / "classes.json"
@@ -126,14 +160,23 @@ class MaskFolder:
             if not isinstance(ign, int) or isinstance(ign, bool):
                 raise UserError(f"{cls_file}: ignore_index must be an integer, got {ign!r}")
             self.ignore_index = ign
+            n = len(self.class_names)
+            known = set(range(n)) | {ign}
+            unknown = [(i, min(ids - known)) for i, ids in present.items() if ids - known]
+            if unknown:
+                shown = "; ".join(f"{self.masks[i].name} has {c}" for i, c in unknown[:5])
+                raise UserError(
+                    f"{len(unknown)} mask(s) in {mask_dir} hold class ids unknown to classes.json "
+                    f"({n} classes, 0..{n - 1}, ignore {ign}): {shown}"
+                    f"{'; ...' if len(unknown) > 5 else ''}; fix the masks or classes.json"
+                )
         else:
             self.ignore_index = 255
-            ids: set[int] = set()
-            for m in self.masks.values():
-                ids |= set(np.unique(_load_mask(m)).tolist())
+            ids: set[int] = set().union(*present.values())
             ids.discard(self.ignore_index)
             self.class_names = [f"class_{i}" for i in range(max(ids) + 1 if ids else 1)]
         split_file = self.root / "splits.json"
+        self.dropped: dict[str, list[str]] = {}  # ids a split lists but that were skipped
         if split_file.exists():
             raw = _read_json(split_file)
             if not isinstance(raw, dict):
@@ -149,6 +192,7 @@ class MaskFolder:
                         f"{img_dir}; fix the id or add the image"
                     )
                 self.splits[name] = [i for i in ids if i in self.images]
+                self.dropped[name] = [i for i in ids if i not in self.images]
         else:
             train, test = carve(sorted(self.images), TEST_FRACTION)
             self.splits = {"train": train, "test": test}
@@ -159,9 +203,20 @@ class MaskFolder:
             self.splits["val"] = self.carved_val
 
     def _skip(self, what: str, fix: str) -> None:
+        """Note a skipped input; _report_skipped reports them all in one line."""
+        self._skips.append((what, fix))
+
+    def _report_skipped(self) -> None:
+        if not self._skips:
+            return
+        shown = "; ".join(w for w, _ in self._skips[:5]) + ("; ..." if len(self._skips) > 5 else "")
+        fixes = "; ".join(dict.fromkeys(f for _, f in self._skips))
         if self.strict:
-            raise UserError(f"{what}; {fix} (or drop --strict to skip it)")
-        warn(f"skipping: {what}")
+            raise UserError(
+                f"{len(self._skips)} input(s) to fix in {self.root}: {shown}; {fixes} "
+                "(or drop --strict to skip them)"
+            )
+        warn(f"skipped {len(self._skips)} input(s) in {self.root}: {shown}")
 
     @property
     def num_classes(self) -> int:
@@ -182,47 +237,33 @@ class MaskFolder:
 
 
 def select_labeled(train_ids: list[str], n: int | None, seed: int) -> list[str]:
-    """N labelled training ids, chosen deterministically from `seed` (sorted for stability)."""
+    """N labelled training ids, chosen deterministically from `seed` (sorted for stability);
+    all of them for None. More than there are is refused, not clamped."""
     ids = sorted(train_ids)
-    if n is None or n >= len(ids):
-        return ids
-    if n <= 0:
+    if n is not None and n <= 0:
         raise UserError(f"--labels must be positive, got {n}")
+    if n is not None and n > len(ids):
+        raise UserError(
+            f"labels={n} asks for more than the {len(ids)} train images; use {len(ids)} or "
+            "fewer (no labels setting: all of them)"
+        )
+    if n is None or n == len(ids):
+        return ids
     g = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(ids), generator=g)[:n].tolist()
     return sorted(ids[i] for i in pick)
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """(image # 3,H,W in [0,1], mask # H,W int64). Masks are checked against their images
-    (size, class ids) when the dataset is built, so a bad file fails before any training."""
+    """(image # 3,H,W in [0,1], mask # H,W int64). Masks were checked against their images
+    (size, class ids) by MaskFolder, so a bad file fails before any training."""
 
     def __init__(self, folder: MaskFolder, ids: list[str], image_size: list[int], full_res=False):
         self.folder, self.ids = folder, list(ids)
         self.size = (int(image_size[0]), int(image_size[1]))
         self.full_res = full_res
-        n_cls, ign = folder.num_classes, folder.ignore_index
-        self.exif: dict[str, bool] = {}  # apply the image's EXIF orientation?
-        self.mask_sizes: set[tuple[int, int]] = set()
-        for i in self.ids:
-            ip, mp = folder.images[i], folder.masks[i]
-            with Image.open(ip) as im, Image.open(mp) as m:
-                isz, osz, msz = im.size, oriented_size(im), m.size
-            if msz not in (isz, osz):
-                raise UserError(
-                    f"mask {mp} is {msz[0]}x{msz[1]} but its image {ip.name} is "
-                    f"{osz[0]}x{osz[1]}; resize the mask (nearest) to the image size"
-                )
-            # a mask drawn on the EXIF-oriented image: orient the image; else use it as stored
-            self.exif[i] = msz == osz
-            self.mask_sizes.add(msz)
-            if (self.folder.root / "classes.json").exists():
-                bad = set(np.unique(_load_mask(mp)).tolist()) - set(range(n_cls)) - {ign}
-                if bad:
-                    raise UserError(
-                        f"mask {mp} holds class id {min(bad)} but classes.json has {n_cls} "
-                        f"classes (0..{n_cls - 1}, ignore {ign}); fix the mask or classes.json"
-                    )
+        self.exif = {i: folder.exif[i] for i in self.ids}  # (checked by MaskFolder)
+        self.mask_sizes: set[tuple[int, int]] = {folder.mask_size[i] for i in self.ids}
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -11,7 +11,7 @@ from dreamteacher.config import FinetuneConfig
 from dreamteacher.engine.session import Session
 from dreamteacher.engine.supervised import LabelledData, evaluate_and_report
 from dreamteacher.errors import UserError
-from dreamteacher.export import read_exported
+from dreamteacher.exporting import read_exported
 from dreamteacher.randomness import keyed_hflip
 from dreamteacher.runfiles import atomic_save
 from dreamteacher.runtime import seed_everything

@@ -49,7 +49,11 @@ def restore(
 ) -> int:
     """With --resume, load the newest checkpoint into model, optimizer (and EMA) and restore
     the RNG states; returns the step to continue from (0 for a fresh run)."""
-    if not resume or (state := run.load_checkpoint()) is None:
+    if not resume:
+        return 0
+    if (state := run.load_checkpoint()) is None:
+        if run.rank == 0:
+            print(f"--resume: no checkpoint in {run.dir} yet; starting at step 0")
         return 0
     try:
         model.load_state_dict(state["model"])

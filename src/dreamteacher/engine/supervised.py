@@ -92,7 +92,8 @@ def evaluate_and_report(
             for n, v in zip(folder.class_names, iou.tolist(), strict=True)
         },
         "split": data.split,
-        "eval_images": len(data.eval),
+        "eval_images": len(data.eval),  # scored: the split's readable images
+        "eval_images_skipped": len(folder.dropped.get(data.split, [])),
         "val_carved_from_train": bool(data.folder.carved_val),
         "labels": len(data.train_ids),
         "seed": cfg.seed,

@@ -15,7 +15,7 @@ from dreamteacher.engine.loop import EMA
 from dreamteacher.engine.session import Session
 from dreamteacher.errors import UserError
 from dreamteacher.randomness import keyed_hflip, keyed_randint, keyed_randn
-from dreamteacher.runfiles import atomic_json, atomic_write
+from dreamteacher.runfiles import atomic_json, atomic_write, make_readable
 from dreamteacher.runtime import seed_everything
 from dreamteacher.teachers.diffusion import build_scheduler, build_unet, sample_images
 
@@ -94,6 +94,7 @@ def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
         try:
             shutil.rmtree(tmp, ignore_errors=True)
             obj.save_pretrained(tmp)  # a failure here leaves out/<name> untouched
+            make_readable(tmp)  # safetensors writes its files owner-only
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             raise UserError(

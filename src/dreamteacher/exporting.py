@@ -21,8 +21,37 @@ from dreamteacher.runfiles import atomic_json, atomic_write
 from dreamteacher.student import Backbone
 
 
-def export(run: str | Path, out: str | Path) -> Path:
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds a backbone export (config.json naming an architecture)."""
+    try:
+        meta = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "architecture" in meta and "source_run" in meta
+
+
+def check_out(out: Path, force: bool) -> bool:
+    """An export goes to a new or empty folder, or replaces an earlier export (returns True);
+    any other non-empty folder is written into only with `force`."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file; name a folder for the export")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if is_export(out):
+        return True
+    if not force:
+        held = ", ".join(sorted(p.name for p in out.iterdir())[:3])
+        raise UserError(
+            f"--out {out} is not empty and not an export (it holds {held}, ...); choose a new "
+            "folder, or pass --force to write model.safetensors and config.json into it"
+        )
+    return False
+
+
+def export(run: str | Path, out: str | Path, force: bool = False) -> Path:
+    """Write `run`'s backbone to `out` (see the module's docstring); returns `out`."""
     run, out = Path(run), Path(out)
+    replacing = check_out(out, force)
     final = run / "final.pt"
     if not final.exists():
         raise UserError(f"{final} not found; finish `dreamteacher pretrain --out {run}` first")
@@ -47,6 +76,8 @@ def export(run: str | Path, out: str | Path) -> Path:
             f"{final} does not match timm '{name}' (missing {bad[:3]}, unexpected "
             f"{list(unexpected)[:3]}); re-run pretrain with this timm version"
         )
+    if replacing:
+        print(f"replacing the export in {out}")
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(
         out / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})
