@@ -11,6 +11,7 @@ from dreamteacher.benchmarking.cells import Cells, cell_key
 from dreamteacher.benchmarking.config import build_benchmark_config
 from dreamteacher.benchmarking.run import labelled_subsets
 from dreamteacher.data import MaskFolder
+from dreamteacher.defaults import SSL_METHODS
 from dreamteacher.errors import UserError
 
 
@@ -75,6 +76,13 @@ def test_config_precedence_and_errors(tmp_path):
         build_benchmark_config("smoke", overrides=["eval_split=train"])
     with pytest.raises(UserError, match="unknown dt_at_source 'stages'; choose one of regressor"):
         build_benchmark_config("smoke", overrides=["dt_at_source=stages"])
+    # every SSL method has its own lr setting, unset by default, checked like every number
+    cfg = build_benchmark_config("smoke", overrides=["mocov2_lr=7e-4"])
+    assert cfg.mocov2_lr == 7e-4 and all(
+        getattr(cfg, f"{m}_lr") is None for m in SSL_METHODS if m != "mocov2"
+    )
+    with pytest.raises(UserError, match="'byol_lr' must be positive"):
+        build_benchmark_config("smoke", overrides=["byol_lr=0"])
 
 
 def test_cli_reports_a_bad_profile_in_one_line(tmp_path, capsys):
@@ -237,7 +245,7 @@ def test_ssl_at_equal_compute_trains_for_dreamteachers_wall_time(tmp_path):
 
     data = make_scenes(tmp_path / "data", n=24, image_size=(32, 48))
     kw = dict(profile="smoke", device="cpu", labels=[4], protocols=["frozen"], teacher_steps=4)
-    kw |= dict(methods=["dreamteacher", "simclr"], ssl_equal_compute=True)
+    kw |= dict(methods=["dreamteacher", "simclr"], ssl_equal_compute=True, simclr_lr=1e-3)
     r = dt.benchmark(str(data), str(tmp_path / "b"), **kw)
     assert [x["method"] for x in r["runs"]] == ["dreamteacher", "simclr", "simclr@compute"]
     cells = tmp_path / "b" / "cells"
@@ -249,7 +257,10 @@ def test_ssl_at_equal_compute_trains_for_dreamteachers_wall_time(tmp_path):
     per_image = rec["pretrain-simclr"]["wall_s"] / rec["pretrain-simclr"]["images_seen"]
     steps = max(1, round(budget / per_image / 8))  # the smoke profile's batch of 8
     (d,) = cells.glob("pretrain-simclr@compute-*")
-    assert yaml.safe_load((d / "run" / "config.yaml").read_text())["max_steps"] == steps
+    run_cfg = yaml.safe_load((d / "run" / "config.yaml").read_text())
+    assert run_cfg["max_steps"] == steps and run_cfg["lr"] == 1e-3  # simclr_lr, not ssl_lr
+    (e,) = cells.glob("pretrain-simclr-??????????")
+    assert yaml.safe_load((e / "run" / "config.yaml").read_text())["lr"] == 1e-3
     assert json.loads((d / "cell.json").read_text())["images_seen"] == steps * 8
     assert "simclr pretraining (equal compute)" in [c["stage"] for c in r["costs"]]
     md = (tmp_path / "b" / "results.md").read_text()

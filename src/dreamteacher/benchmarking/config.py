@@ -75,6 +75,12 @@ class BenchmarkConfig:
     # targets from a feature cache of this many encodings per image (a cell of its own, shared)
     # instead of running the teacher
     ssl_lr: float = BaselineConfig.lr
+    # one SSL method's own lr (None: ssl_lr), e.g. mocov2_lr=7e-4 (docs/benchmarks.md, "The
+    # SSL baselines' lr")
+    simclr_lr: float | None = None
+    mocov2_lr: float | None = None
+    byol_lr: float | None = None
+    densecl_lr: float | None = None
     # also train each SSL baseline for as long as DreamTeacher's teacher + feature cache +
     # distillation took (measured wall time), rows `<method>@compute` in a table of their own
     ssl_equal_compute: bool = False

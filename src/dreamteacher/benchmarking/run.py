@@ -255,10 +255,15 @@ class Benchmark:
         def make() -> CellRef:
             if method == "dreamteacher":
                 return self._pretrain_cell(method, api.pretrain, self._distillation())
-            kw = {**self.pretraining, "method": method, "lr": self.cfg.ssl_lr}
+            kw = {**self.pretraining, "method": method, "lr": self.ssl_lr(method)}
             return self._pretrain_cell(method, api.pretrain_baseline, kw)
 
         return self._once(method, make)
+
+    def ssl_lr(self, method: str) -> float:
+        """The lr of SSL `method`: its own `<method>_lr` when set, else ssl_lr."""
+        own = getattr(self.cfg, f"{method}_lr")
+        return self.cfg.ssl_lr if own is None else own
 
     def dreamteacher_seconds(self) -> float:
         """What DreamTeacher's backbone cost in all: the wall time of the teacher, the feature
@@ -283,7 +288,7 @@ class Benchmark:
             kw = {
                 **self.pretraining,
                 "method": method,
-                "lr": self.cfg.ssl_lr,
+                "lr": self.ssl_lr(method),
                 "epochs": math.ceil(steps / per_epoch) + 1,  # max_steps ends it
                 "max_steps": steps,
             }
