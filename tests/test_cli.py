@@ -28,7 +28,7 @@ FLAGS = {
 def test_every_command_has_its_flags():
     _, flags = cli.build_parser()
     assert {k: set(v) for k, v in flags.items()} == FLAGS
-    assert set(cli.COMMANDS) == set(FLAGS) | {"export"}
+    assert set(cli.COMMANDS) == set(FLAGS) | {"export", "convert"}
 
 
 def test_list_flag_takes_the_leading_integers():
@@ -61,7 +61,8 @@ def test_help_and_argument_errors_import_no_numerical_library():
     code = (
         "import sys\n"
         "from dreamteacher.cli import main\n"
-        "for argv in (['pretrain', '--help'], ['train-teacher', '--out', 'x']):\n"
+        "argvs = (['pretrain', '--help'], ['train-teacher', '--out', 'x'], ['convert', '-h'])\n"
+        "for argv in argvs:\n"
         "    try:\n"
         "        main(argv)\n"
         "    except SystemExit:\n"
@@ -79,7 +80,8 @@ def test_help_shows_each_flags_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--steps STEPS optimizer steps (default: 2000)" in text
     assert "--image-size N [N ...] input size: one number (square) or H W (default: 64 64)" in text
-    assert "--data DATA input folder" in text and "(required)" in text
+    assert "--data DATA input: a folder of images, a mask folder" in text
+    assert "or KIND:PATH, a standard dataset" in text and "(required)" in text
     with pytest.raises(SystemExit):
         cli.main(["pretrain", "--help"])
     text = " ".join(capsys.readouterr().out.split())

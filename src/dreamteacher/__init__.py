@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _WHERE = {
     "cache_features": "dreamteacher.api",
+    "convert": "dreamteacher.api",
     "export": "dreamteacher.api",
     "finetune": "dreamteacher.api",
     "load_backbone": "dreamteacher.exporting",

@@ -22,13 +22,16 @@ from dreamteacher import engine
 from dreamteacher.config import (
     BaselineConfig,
     CacheConfig,
+    ConvertConfig,
     DDPMSegConfig,
     FinetuneConfig,
     InterpreterConfig,
     PretrainConfig,
     TeacherConfig,
     build_config,
+    normalize_size,
 )
+from dreamteacher.data.convert import convert as _convert
 from dreamteacher.exporting import export as _export
 
 Options = list[str] | dict[str, Any] | None
@@ -84,6 +87,21 @@ def export(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Write the pretrained backbone as timm weights; returns the export folder. A non-empty
     `out` that is not an earlier export is refused unless `force`."""
     return _export(run, out, force)
+
+
+def convert(
+    data: str | None = None,
+    out: str | None = None,
+    *,
+    size: int | list[int] | None = None,
+    strict: bool = False,
+) -> Path:
+    """Write a labelled dataset (`KIND:PATH`, e.g. "cityscapes:/data/cityscapes", or a mask
+    folder) as a mask folder in the new or empty folder `out`, resized to `size` (H, W) if
+    given; returns `out`."""
+    size = normalize_size(size) if size is not None else None
+    cfg = build_config(ConvertConfig, None, None, data=data, out=out, size=size, strict=strict)
+    return _convert(cfg.data, cfg.out, cfg.size, cfg.strict)
 
 
 def finetune(

@@ -3,17 +3,19 @@
 dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
 dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
 dreamteacher export RUN2 --out BB [--force]
+dreamteacher convert KIND:PATH --out SEGDIR [--size H W]
 dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
 dreamteacher train-interpreter --teacher RUN --data SEGDIR --labels N --out RUN4
 dreamteacher pretrain --mode mix --interpreter RUN4 --data DIR --teacher RUN --out RUN5
 dreamteacher train-ddpm-seg --teacher RUN --data SEGDIR --labels N --out RUN6
 dreamteacher pretrain-baseline --method simclr|mocov2|byol|densecl --data DIR --out RUN2
-dreamteacher benchmark --data SEGDIR --out DIR [--profile smoke|cpu|gpu] [key=value ...]
+dreamteacher benchmark --data SEGDIR|KIND:PATH --out DIR [--profile smoke|cpu|gpu] [key=value ...]
 dreamteacher demo [--out DIR]
 
-Every command but export takes `--config FILE.yaml` and `key=value` overrides of any key of
-its config; the flags are the keys named in config.FLAGS. The config is resolved and checked
-before the command (and torch) is imported: a bad value is refused at once, in one line.
+Every command but export and convert takes `--config FILE.yaml` and `key=value` overrides of
+any key of its config; the flags are the keys named in config.FLAGS. The config is resolved
+and checked before the command (and torch) is imported: a bad value is refused at once, in one
+line.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ COMMANDS: dict[str, tuple[str, type | None, str]] = {
         "cache_features",
     ),
     "export": ("write the pretrained backbone as timm weights", None, "export"),
+    "convert": ("write a standard dataset (KIND:PATH) as a mask folder", None, "convert"),
     "finetune": ("fine-tune for segmentation and evaluate (mIoU)", C.FinetuneConfig, "finetune"),
     "train-interpreter": (
         "segment with the teacher's features: the feature interpreter",
@@ -121,6 +124,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
     flags: dict[str, list[str]] = {}
     for name, (text, cls, _) in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+        if name == "convert":
+            p.add_argument("data", metavar="KIND:PATH", help=C.FLAGS["data"])
+            p.add_argument("--out", required=True, help="new or empty folder to write (required)")
+            p.add_argument("--size", type=int, nargs="+", metavar="N", help="resize: H W or one N")
+            p.add_argument("--strict", action="store_true", help=C.FLAGS["strict"])
+            continue
         if cls is None:  # export
             p.add_argument("run", help="pretrain or pretrain-baseline run folder")
             p.add_argument("--out", required=True, help="export folder (required)")
@@ -207,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             _api("export")(args.run, args.out, force=args.force)
+            return 0
+        if args.command == "convert":
+            size = C.normalize_size(args.size) if args.size else None
+            kw = {"data": args.data, "out": args.out, "size": size, "strict": args.strict}
+            C.build_config(C.ConvertConfig, None, None, **kw)  # before torch is imported
+            _api("convert")(**kw)
             return 0
         kw = flag_kwargs(args)
         check(args.command, args.config, args.overrides, kw)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from dreamteacher.dataspec import KINDS, data_folder
 from dreamteacher.defaults import AT_SOURCES, DICE_WEIGHT, LAMBDA_AT, LAMBDA_LD, TAU
 from dreamteacher.errors import UserError
 
@@ -39,7 +40,10 @@ LOGIT_HEADS = ("uper", "light")
 # config keys that are also command-line flags (--image-size for image_size), with their help;
 # each command gets those of its config's fields
 FLAGS: dict[str, str] = {
-    "data": "input folder (images; a mask folder for finetune, train-interpreter, ...)",
+    "data": (
+        "input: a folder of images, a mask folder (finetune, benchmark, ...), or KIND:PATH, a "
+        f"standard dataset as downloaded (KIND: {', '.join(KINDS)}; docs/data.md)"
+    ),
     "out": "folder to write",
     "teacher": "train-teacher run folder or a diffusers UNet folder",
     "t": "diffusion step(s) t at which the teacher is read",
@@ -229,6 +233,16 @@ class CacheConfig(TeacherFeatures, Unlabeled, Common):
     batch_size: int = 32
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
     save_every: int = 50  # batches between progress records (what --resume continues from)
+
+
+@dataclass
+class ConvertConfig:
+    """`convert`: a standard dataset (KIND:PATH) or mask folder written as a mask folder."""
+
+    data: str = ""
+    out: str = ""
+    size: list[int] | None = None  # H, W to resize to (images bicubic, masks nearest); None: as is
+    strict: bool = False  # fail on a bad input file instead of skipping it
 
 
 @dataclass
@@ -457,7 +471,7 @@ def check_paths(cfg: Any) -> None:
         value = getattr(cfg, key, None)
         if not isinstance(value, str) or not value or value == "scratch":
             continue
-        path = Path(value).expanduser().resolve()
+        path = (data_folder(value) if key == "data" else Path(value)).expanduser().resolve()
         flag = "--" + key.replace("_", "-")
         if _inside(out_path, path):
             raise UserError(

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import yaml
 
+from dreamteacher.dataspec import split_data
 from dreamteacher.errors import UserError
 from dreamteacher.runtime import rng_state
 
@@ -192,9 +193,10 @@ class Run:
             if saved[k] == now[k]:
                 return True
             if k in self._PATHS and isinstance(saved[k], str) and isinstance(now[k], str):
-                then = Path(cwd or os.getcwd()) / saved[k] if saved[k] else None
-                here = Path(now[k]).resolve() if now[k] else None
-                return (then.resolve() if then else None) == here
+                (kind0, then), (kind1, here) = split_data(saved[k]), split_data(now[k])
+                then_path = (Path(cwd or os.getcwd()) / then).resolve() if then else None
+                here_path = Path(here).resolve() if here else None
+                return kind0 == kind1 and then_path == here_path
             return False
 
         diff = [k for k in now if k not in self._RESUMABLE and k in saved and not same(k)]

@@ -58,31 +58,33 @@ def test_cells_are_cached_and_keyed_by_their_settings(tmp_path):
 
 
 def test_config_precedence_and_errors(tmp_path):
-    cfg = build_benchmark_config("smoke")
+    with pytest.raises(UserError, match="--data is required; pass --data PATH, the input: a"):
+        build_benchmark_config("smoke")  # no default dataset: a mask folder or KIND:PATH
+    cfg = build_benchmark_config("smoke", data="seg")
     assert cfg.image_size == [32, 48] and cfg.seeds == [0]
     f = tmp_path / "b.yaml"
     f.write_text("finetune_steps: 7\nseeds: [3]\n")
-    cfg = build_benchmark_config("smoke", f, ["seeds=[4,5]"], labels=[2])
+    cfg = build_benchmark_config("smoke", f, ["seeds=[4,5]", "data=seg"], labels=[2])
     assert (cfg.finetune_steps, cfg.seeds, cfg.labels) == (7, [4, 5], [2])
     with pytest.raises(UserError, match="unknown profile 'fast'"):
         build_benchmark_config("fast")
     with pytest.raises(UserError, match="unknown method 'mae'"):
-        build_benchmark_config("smoke", overrides=["methods=[scratch,mae]"])
+        build_benchmark_config("smoke", overrides=["data=seg", "methods=[scratch,mae]"])
     with pytest.raises(UserError, match="unknown config key 'epochs'"):
-        build_benchmark_config("smoke", overrides=["epochs=3"])
+        build_benchmark_config("smoke", overrides=["data=seg", "epochs=3"])
     with pytest.raises(UserError, match="unknown dt_logit_head 'fpn'; choose one of uper, light"):
-        build_benchmark_config("smoke", overrides=["dt_logit_head=fpn"])
+        build_benchmark_config("smoke", overrides=["data=seg", "dt_logit_head=fpn"])
     with pytest.raises(UserError, match="unknown eval_split 'train'; choose val"):
-        build_benchmark_config("smoke", overrides=["eval_split=train"])
+        build_benchmark_config("smoke", overrides=["data=seg", "eval_split=train"])
     with pytest.raises(UserError, match="unknown dt_at_source 'stages'; choose one of regressor"):
-        build_benchmark_config("smoke", overrides=["dt_at_source=stages"])
+        build_benchmark_config("smoke", overrides=["data=seg", "dt_at_source=stages"])
     # every SSL method has its own lr setting, unset by default, checked like every number
-    cfg = build_benchmark_config("smoke", overrides=["mocov2_lr=7e-4"])
+    cfg = build_benchmark_config("smoke", overrides=["data=seg", "mocov2_lr=7e-4"])
     assert cfg.mocov2_lr == 7e-4 and all(
         getattr(cfg, f"{m}_lr") is None for m in SSL_METHODS if m != "mocov2"
     )
     with pytest.raises(UserError, match="'byol_lr' must be positive"):
-        build_benchmark_config("smoke", overrides=["byol_lr=0"])
+        build_benchmark_config("smoke", overrides=["data=seg", "byol_lr=0"])
 
 
 def test_cli_reports_a_bad_profile_in_one_line(tmp_path, capsys):

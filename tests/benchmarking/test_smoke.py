@@ -54,3 +54,21 @@ def test_smoke_profile_end_to_end_then_cached(tmp_path):
     # a changed frozen recipe recomputes the frozen evaluations only
     changed = dt.benchmark(str(data), str(out), frozen_steps=3, **kw)
     assert changed["cells_computed"] == 8 * 2
+
+
+def test_smoke_benchmark_on_a_standard_layout(tmp_path):
+    """`--data KIND:PATH`: the benchmark reads a dataset in its own layout unchanged; its
+    pretraining sees train + the carved val, never test."""
+    from tests.data.test_layouts import make_pet
+
+    make_pet(tmp_path / "pets")
+    data = f"pet:{tmp_path / 'pets'}"
+    kw = {"profile": "smoke", "device": "cpu", "methods": ["scratch", "simclr"]}
+    r = dt.benchmark(data, str(tmp_path / "bench"), **kw)
+    assert r["complete"] and {x["method"] for x in r["runs"]} == {"scratch", "simclr"}
+    assert {x["labelled_images"] for x in r["runs"]} == {3}  # 4 trainval - 1 carved val
+    cost = next(c for c in r["costs"] if c["stage"] == "simclr pretraining")
+    assert cost["images_seen"] > 0
+    cfg = next((tmp_path / "bench" / "cells").glob("pretrain-simclr-*/run/config.yaml"))
+    text = cfg.read_text()
+    assert f"data: {data}" in text and "- val" in text and "- test" not in text

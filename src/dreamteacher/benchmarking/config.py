@@ -42,7 +42,7 @@ class BenchmarkConfig:
     labelled images for each N, seed and protocol; mIoU on the test split. A setting that is
     a command's key defaults to that command's default (e.g. dt_lr to pretrain's lr)."""
 
-    data: str = "../shared/datasets/camvid"
+    data: str = ""  # a mask folder or KIND:PATH (required)
     out: str = "runs/benchmark"
     profile: str = "cpu"
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))

@@ -53,6 +53,7 @@ from dreamteacher.benchmarking.report import (
     results_table,
 )
 from dreamteacher.data import MaskFolder, select_labeled
+from dreamteacher.dataspec import resolved_data
 from dreamteacher.errors import UserError
 from dreamteacher.runfiles import atomic_json, atomic_write, save_config
 
@@ -115,7 +116,7 @@ class Benchmark:
         self.splits = cfg.pretrain_splits or [s for s in self.folder.splits if s != "test"]
         # every cell's settings start with these
         self.base = {
-            "data": str(Path(cfg.data).resolve()),
+            "data": resolved_data(cfg.data),
             "image_size": list(cfg.image_size),
             "device": cfg.device,
             "precision": cfg.precision,

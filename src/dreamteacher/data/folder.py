@@ -193,11 +193,18 @@ class ImageFolder(torch.utils.data.Dataset):
         image_size: list[int],
         ids: list[str] | None = None,
         strict: bool = False,
+        files: list[Path] | None = None,
     ):
+        """Every image under `root` (those named `ids` if given), or the given `files` (a
+        dataset's list, under `root`)."""
         self.root = Path(root)
         self.strict = strict
         skipped: list[str] = []
-        files = list_images(root, ids, skipped)
+        if files is None:
+            files = list_images(root, ids, skipped)
+        else:
+            skipped += [f"{p} (missing)" for p in files if not p.is_file()]
+            files = [p for p in files if p.is_file()]
         self.files: list[Path] = []
         for p in files:
             why = check_image(p)

@@ -26,6 +26,8 @@ from dreamteacher.data.folder import (
     to_tensor,
     warn,
 )
+from dreamteacher.data.layouts import Layout, open_layout
+from dreamteacher.dataspec import KINDS
 from dreamteacher.errors import UserError
 
 
@@ -47,6 +49,17 @@ def carve(ids: list[str], fraction: float) -> tuple[list[str], list[str]]:
     by_hash = sorted(ids, key=lambda i: hashlib.sha1(i.encode()).hexdigest())
     part = set(by_hash[:n])
     return sorted(i for i in ids if i not in part), sorted(part)
+
+
+def with_val(splits: dict[str, list[str]]) -> tuple[dict[str, list[str]], list[str]]:
+    """(splits, carved): `splits` with a val split carved from train (VAL_FRACTION) when it
+    has none, and the carved ids (empty when val was there)."""
+    if splits.get("val") or len(splits.get("train", [])) < 2:
+        return dict(splits), []
+    out = dict(splits)
+    out["train"], carved = carve(splits["train"], VAL_FRACTION)
+    out["val"] = carved
+    return out, carved
 
 
 class MaskFormatError(UserError):
@@ -81,31 +94,19 @@ class MaskFolder:
     another size than its image, or holding a class id unknown to classes.json, is an error."""
 
     def __init__(self, root: str | Path, strict: bool = False):
-        self.root = Path(root)
         self.strict = strict
         self._skips: list[tuple[str, str]] = []
-        img_dir, mask_dir = self.root / "images", self.root / "masks"
-        if not img_dir.is_dir() or not mask_dir.is_dir():
-            raise UserError(
-                f"{self.root} is not a mask folder: it needs images/ and masks/ subfolders"
-            )
-        images = {
-            p.stem: p
-            for p in sorted(img_dir.iterdir())
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        }
-        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
-        if not images:
-            raise UserError(f"{img_dir} has no images; put <id>.jpg/.png files in it")
-        for i in sorted(set(images) - set(masks)):
-            self._skip(
-                f"image {images[i]} has no mask {mask_dir / (i + '.png')}",
-                "add the mask or remove the image",
-            )
-        for i in sorted(set(masks) - set(images)):
-            self._skip(
-                f"mask {masks[i]} has no image in {img_dir}", "add the image or remove the mask"
-            )
+        # `--data KIND:PATH`: a standard dataset in its own layout (layouts.py)
+        self.layout = open_layout(root)
+        self.lut: np.ndarray | None = None  # stored mask value -> class id (layouts only)
+        if self.layout is None:
+            self.root = Path(root)
+            images, masks = self._scan_mask_folder()
+            mask_dir = self.root / "masks"
+        else:
+            self.root = self.layout.root
+            images, masks = self._scan_layout(self.layout)
+            mask_dir = self.root
         self.images, self.masks, self.skipped = {}, {}, set()
         # every pair is checked here, whichever a command will use, so that a folder that
         # passes with few labels passes with all of them; all bad masks are reported at once
@@ -115,7 +116,9 @@ class MaskFolder:
         bad: list[str] = []
         for i in sorted(set(images) & set(masks)):
             ip, mp = images[i], masks[i]
-            why = check_image(ip, decode=True)  # labelled sets are small
+            # a mask folder's labelled set is small: decode it; a standard dataset's files
+            # (thousands, as downloaded) are checked by their headers
+            why = check_image(ip, decode=self.layout is None)
             if why is not None:
                 self._skip(f"image {ip} is unreadable ({why})", "replace the file")
                 self.skipped.add(i)
@@ -150,6 +153,78 @@ class MaskFolder:
             )
         if not self.images:
             raise UserError(f"{self.root} has no readable image/mask pairs (see the warnings)")
+        self.dropped: dict[str, list[str]] = {}  # ids a split lists but that were skipped
+        # ids moved from train to a val split made here (empty when the folder has val)
+        self.carved_val: list[str] = []
+        if self.layout is not None:
+            self._from_layout(self.layout, present)
+        else:
+            self._classes_json(present, mask_dir)
+            self._splits_json(images)
+            self.splits, self.carved_val = with_val(self.splits)
+
+    def _scan_mask_folder(self) -> tuple[dict[str, Path], dict[str, Path]]:
+        """images/<id>.<ext> and masks/<id>.png; an unmatched file is skipped."""
+        img_dir, mask_dir = self.root / "images", self.root / "masks"
+        if not img_dir.is_dir() or not mask_dir.is_dir():
+            raise UserError(
+                f"{self.root} is not a mask folder: it needs images/ and masks/ subfolders "
+                f"(or, for a standard dataset, KIND:PATH with KIND one of {', '.join(KINDS)})"
+            )
+        images = {
+            p.stem: p
+            for p in sorted(img_dir.iterdir())
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        }
+        masks = {p.stem: p for p in sorted(mask_dir.glob("*.png"))}
+        if not images:
+            raise UserError(f"{img_dir} has no images; put <id>.jpg/.png files in it")
+        for i in sorted(set(images) - set(masks)):
+            self._skip(
+                f"image {images[i]} has no mask {mask_dir / (i + '.png')}",
+                "add the mask or remove the image",
+            )
+        for i in sorted(set(masks) - set(images)):
+            self._skip(
+                f"mask {masks[i]} has no image in {img_dir}", "add the image or remove the mask"
+            )
+        return images, masks
+
+    def _scan_layout(self, layout: Layout) -> tuple[dict[str, Path], dict[str, Path]]:
+        """The pairs a dataset lists; one whose image or mask file is missing is skipped."""
+        images, masks = {}, {}
+        for i in layout.images:
+            ip, mp = layout.images[i], layout.masks[i]
+            if not ip.is_file():
+                self._skip(f"image {ip} is missing", "restore the dataset's files")
+            elif not mp.is_file():
+                self._skip(f"image {ip} has no mask {mp}", "restore the dataset's files")
+            else:
+                images[i], masks[i] = ip, mp
+        return images, masks
+
+    def _from_layout(self, layout: Layout, present: dict[str, set[int]]) -> None:
+        """Classes, ignore index and splits as the dataset defines them; every mask value
+        must be one its kind stores."""
+        known = layout.known_values()
+        unknown = [(i, min(ids - known)) for i, ids in present.items() if ids - known]
+        if unknown:
+            shown = "; ".join(f"{self.masks[i]} has {v}" for i, v in unknown[:5])
+            raise UserError(
+                f"{len(unknown)} mask(s) of {layout.kind}:{layout.root} hold values that "
+                f"{layout.kind} masks do not hold ({shown}"
+                f"{'; ...' if len(unknown) > 5 else ''}); is this the right kind?"
+            )
+        self.class_names, self.ignore_index = list(layout.class_names), layout.ignore_index
+        self.lut = layout.lut
+        # val carved from every listed train id, as unlabeled_images does without the checks
+        listed, carved = with_val(layout.splits)
+        self.carved_val = [i for i in carved if i in self.images]
+        self.splits = {s: [i for i in ids if i in self.images] for s, ids in listed.items()}
+        self.dropped = {s: [i for i in ids if i not in self.images] for s, ids in listed.items()}
+
+    def _classes_json(self, present: dict[str, set[int]], mask_dir: Path) -> None:
+        """Class names and ignore index from classes.json, or class_<k> up to the largest id."""
         cls_file = self.root / "classes.json"
         if cls_file.exists():
             meta = _read_json(cls_file)
@@ -175,8 +250,10 @@ class MaskFolder:
             ids: set[int] = set().union(*present.values())
             ids.discard(self.ignore_index)
             self.class_names = [f"class_{i}" for i in range(max(ids) + 1 if ids else 1)]
+
+    def _splits_json(self, images: dict[str, Path]) -> None:
+        """Splits from splits.json, or a test part carved from every id."""
         split_file = self.root / "splits.json"
-        self.dropped: dict[str, list[str]] = {}  # ids a split lists but that were skipped
         if split_file.exists():
             raw = _read_json(split_file)
             if not isinstance(raw, dict):
@@ -189,18 +266,13 @@ class MaskFolder:
                 if unknown:
                     raise UserError(
                         f"{split_file}: split '{name}' lists '{unknown[0]}' which has no image in "
-                        f"{img_dir}; fix the id or add the image"
+                        f"{self.root / 'images'}; fix the id or add the image"
                     )
                 self.splits[name] = [i for i in ids if i in self.images]
                 self.dropped[name] = [i for i in ids if i not in self.images]
         else:
             train, test = carve(sorted(self.images), TEST_FRACTION)
             self.splits = {"train": train, "test": test}
-        # ids moved from train to a val split made here (empty when the folder has val)
-        self.carved_val: list[str] = []
-        if not self.splits.get("val") and len(self.splits.get("train", [])) > 1:
-            self.splits["train"], self.carved_val = carve(self.splits["train"], VAL_FRACTION)
-            self.splits["val"] = self.carved_val
 
     def _skip(self, what: str, fix: str) -> None:
         """Note a skipped input; _report_skipped reports them all in one line."""
@@ -217,6 +289,11 @@ class MaskFolder:
                 "(or drop --strict to skip them)"
             )
         warn(f"skipped {len(self._skips)} input(s) in {self.root}: {shown}")
+
+    def load_mask(self, i: str) -> np.ndarray:
+        """Mask `i` as class ids (ignore_index where ignored). # H, W"""
+        arr = _load_mask(self.masks[i])
+        return arr if self.lut is None else self.lut[arr]
 
     @property
     def num_classes(self) -> int:
@@ -272,7 +349,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         i = self.ids[k]
         h, w = self.size
         im = load_rgb(self.folder.images[i], exif=self.exif[i]).resize((w, h), Image.BICUBIC)
-        m = Image.fromarray(_load_mask(self.folder.masks[i]).astype(np.uint8))
+        m = Image.fromarray(self.folder.load_mask(i).astype(np.uint8))
         if not self.full_res:
             m = m.resize((w, h), Image.NEAREST)
         return to_tensor(im), torch.from_numpy(np.asarray(m, dtype=np.int64).copy())
