@@ -272,3 +272,29 @@ def test_finetune_runs_on_a_layout(trees, tmp_path):
     )
     assert m["split"] == "test" and m["eval_images"] == want["test"]
     assert set(m["per_class_iou"]) == {"background", "pet"}
+
+
+CAMVID = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "camvid"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CAMVID.is_dir(), reason=f"no CamVid copy at {CAMVID}")
+def test_real_camvid_in_segnet_layout_reads_like_its_mask_folder(tmp_path):
+    """The shared CamVid (a mask folder) rebuilt in SegNet's layout (images linked, void
+    stored as 11) gives the same splits, classes and tensors through `camvid:`."""
+    splits = json.loads((CAMVID / "splits.json").read_text())
+    for split, ids in splits.items():
+        (tmp_path / split).mkdir()
+        (tmp_path / f"{split}annot").mkdir()
+        for i in ids:
+            (tmp_path / split / f"{i}.jpg").symlink_to(CAMVID / "images" / f"{i}.jpg")
+            m = np.asarray(Image.open(CAMVID / "masks" / f"{i}.png")).copy()
+            m[m == 255] = 11
+            Image.fromarray(m).save(tmp_path / f"{split}annot" / f"{i}.png")
+    a, b = MaskFolder(CAMVID), MaskFolder(f"camvid:{tmp_path}")
+    assert a.splits == b.splits and a.class_names == b.class_names and not b.carved_val
+    for split in ("train", "val", "test"):
+        da, db = a.dataset(a.splits[split], [64, 80]), b.dataset(b.splits[split], [64, 80])
+        for k in range(len(da)):
+            (x, y), (u, v) = da[k], db[k]
+            assert torch.equal(x, u) and torch.equal(y, v)
