@@ -78,9 +78,11 @@ def test_config_precedence_and_errors(tmp_path):
         build_benchmark_config("smoke", overrides=["data=seg", "eval_split=train"])
     with pytest.raises(UserError, match="unknown dt_at_source 'stages'; choose one of regressor"):
         build_benchmark_config("smoke", overrides=["data=seg", "dt_at_source=stages"])
-    # every SSL method has its own lr setting, unset by default, checked like every number
-    cfg = build_benchmark_config("smoke", overrides=["data=seg", "mocov2_lr=7e-4"])
-    assert cfg.mocov2_lr == 7e-4 and all(
+    # every SSL method has its own lr setting (None: ssl_lr), checked like every number
+    cfg = build_benchmark_config("smoke", overrides=["data=seg", "simclr_lr=1e-3"])
+    assert cfg.simclr_lr == 1e-3 and cfg.mocov2_lr == 7e-4  # MoCo v2's default, chosen on val
+    cfg = build_benchmark_config("smoke", overrides=["data=seg", "mocov2_lr=null"])
+    assert cfg.mocov2_lr is None and all(
         getattr(cfg, f"{m}_lr") is None for m in SSL_METHODS if m != "mocov2"
     )
     with pytest.raises(UserError, match="'byol_lr' must be positive"):

@@ -110,6 +110,7 @@ class Benchmark:
         self.t_start = time.time()
         self._memo: dict[Any, Any] = {}
         self.records: dict[str, Record] = {}  # pretraining cells by name, for their cost
+        self.commit = _commit()  # the code this run imported (not the checkout's later HEAD)
         self.folder = MaskFolder(cfg.data)
         self.folder.eval_split(cfg.eval_split)  # one line naming the folder if it has none
         # the unlabeled images every pretraining sees: by default every image but the test's
@@ -447,7 +448,7 @@ class Benchmark:
         results = {
             "complete": final,
             "config": dataclasses.asdict(self.cfg),
-            "commit": _commit(),
+            "commit": self.commit,
             "device": _device_name(self.cfg.device),
             "runs": self.runs,
             "summary": [
