@@ -32,8 +32,8 @@ def convert(
     (tmp / "images").mkdir(parents=True)
     (tmp / "masks").mkdir()
     try:
-        ids = [i for ids in folder.splits.values() for i in ids]
-        for i in track(sorted(set(ids)), desc="convert"):
+        ids = sorted({i for split in folder.splits.values() for i in split})
+        for i in track(ids, desc="convert"):
             _write_pair(folder, i, tmp, size)
         (tmp / "splits.json").write_text(json.dumps(folder.splits, indent=1))
         classes = {"names": folder.class_names, "ignore_index": folder.ignore_index}
@@ -43,7 +43,7 @@ def convert(
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"convert: {len(set(ids))} image/mask pairs, {folder.num_classes} classes -> {out}")
+    print(f"convert: {len(ids)} image/mask pairs, {folder.num_classes} classes -> {out}")
     return out
 
 

@@ -15,7 +15,7 @@ settings are chosen is then carved from train, as for any folder without one.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +46,20 @@ class Layout:
 
     kind: str
     root: Path
-    images: dict[str, Path]
-    masks: dict[str, Path]
-    splits: dict[str, list[str]]
     class_names: list[str]
-    ignore_index: int
     lut: np.ndarray
+    ignore_index: int = 255
+    images: dict[str, Path] = field(default_factory=dict)
+    masks: dict[str, Path] = field(default_factory=dict)
+    splits: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, split: str, pairs: list[tuple[str, Path, Path]]) -> None:
+        """(id, image, mask) triples into `split`; an id may occur once in the dataset."""
+        for i, im, m in pairs:
+            if i in self.images:
+                raise UserError(f"{self.kind}:{self.root} has two images with the id '{i}'")
+            self.images[i], self.masks[i] = Path(im), Path(m)
+            self.splits.setdefault(split, []).append(i)
 
     def known_values(self) -> set[int]:
         return set(np.flatnonzero(self.lut != UNKNOWN).tolist())
@@ -80,12 +88,10 @@ def _first(path: Path, candidates: list[Path], marker: str, kind: str) -> Path:
     raise UserError(f"no {marker}/ under {path}; pass {kind}:FOLDER, {KINDS[kind]}")
 
 
-def _add(layout_images, layout_masks, split_ids, kind, root, images, masks, ids) -> None:
-    for i, im, m in zip(ids, images, masks):
-        if i in layout_images:
-            raise UserError(f"{kind}:{root} has two images with the id '{i}'")
-        layout_images[i], layout_masks[i] = Path(im), Path(m)
-        split_ids.append(i)
+def _by_stem(img_dir: Path, ann_dir: Path) -> list[tuple[str, Path, Path]]:
+    """Every image in `img_dir` with the mask of the same stem in `ann_dir` (id = stem)."""
+    ims = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return [(p.stem, p, ann_dir / f"{p.stem}.png") for p in ims]
 
 
 def voc(path: Path) -> Layout:
@@ -98,16 +104,13 @@ def voc(path: Path) -> Layout:
     root = _first(path, [path, up], "VOCdevkit", "voc")
     base = root / "VOCdevkit" / "VOC2012"
     _need(base, "JPEGImages", "SegmentationClass", "ImageSets/Segmentation")
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    splits: dict[str, list[str]] = {}
+    lut = _table({**{c: c for c in range(len(VOC_CLASSES))}, 255: 255})
+    layout = Layout("voc", base, list(VOC_CLASSES), lut)
     for ours, theirs in (("train", "train"), ("test", "val")):
         _need(base, f"ImageSets/Segmentation/{theirs}.txt")
         ds = VOCSegmentation(str(root), year="2012", image_set=theirs, download=False)
-        ids = [Path(p).stem for p in ds.images]
-        _add(images, masks, splits.setdefault(ours, []), "voc", path, ds.images, ds.masks, ids)
-    lut = _table({**{c: c for c in range(len(VOC_CLASSES))}, 255: 255})
-    return Layout("voc", base, images, masks, splits, list(VOC_CLASSES), 255, lut)
+        layout.add(ours, [(Path(im).stem, im, m) for im, m in zip(ds.images, ds.masks)])
+    return layout
 
 
 def cityscapes(path: Path) -> Layout:
@@ -115,35 +118,22 @@ def cityscapes(path: Path) -> Layout:
     gtFine/{train,val}/CITY/*_gtFine_labelIds.png; the 19 train ids, 255 = ignored."""
     from torchvision.datasets import Cityscapes
 
-    root = path
-    _need(root, "leftImg8bit", "gtFine")
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    splits: dict[str, list[str]] = {}
-    for ours, theirs in (("train", "train"), ("test", "val")):
-        _need(root, f"leftImg8bit/{theirs}", f"gtFine/{theirs}")
-        ds = Cityscapes(str(root), split=theirs, mode="fine", target_type="semantic")
-        pairs = sorted(
-            (Path(im), Path(t[0]))
-            for im, t in zip(ds.images, ds.targets)
-            if Path(im).suffix.lower() in IMAGE_EXTENSIONS
-        )
-        ids = [im.name.split("_leftImg8bit")[0] for im, _ in pairs]
-        _add(
-            images, masks, splits.setdefault(ours, []), "cityscapes", path,
-            [p[0] for p in pairs], [p[1] for p in pairs], ids,
-        )  # fmt: skip
-    train = sorted(
+    _need(path, "leftImg8bit", "gtFine")
+    used = sorted(
         (c for c in Cityscapes.classes if 0 <= c.train_id < 255), key=lambda c: c.train_id
     )
-    lut = _table(
-        {
-            c.id: (c.train_id if 0 <= c.train_id < 255 else 255)
-            for c in Cityscapes.classes
-            if c.id >= 0
-        }
-    )
-    return Layout("cityscapes", root, images, masks, splits, [c.name for c in train], 255, lut)
+    lut = _table({c.id: c.train_id if c in used else 255 for c in Cityscapes.classes if c.id >= 0})
+    layout = Layout("cityscapes", path, [c.name for c in used], lut)
+    for ours, theirs in (("train", "train"), ("test", "val")):
+        _need(path, f"leftImg8bit/{theirs}", f"gtFine/{theirs}")
+        ds = Cityscapes(str(path), split=theirs, mode="fine", target_type="semantic")
+        pairs = [
+            (Path(im).name.split("_leftImg8bit")[0], Path(im), Path(t[0]))
+            for im, t in zip(ds.images, ds.targets)
+            if Path(im).suffix.lower() in IMAGE_EXTENSIONS
+        ]
+        layout.add(ours, sorted(pairs))
+    return layout
 
 
 def ade20k(path: Path) -> Layout:
@@ -152,18 +142,6 @@ def ade20k(path: Path) -> Layout:
     (ignored). Class names from objectInfo150.txt when present."""
     root = _first(path, [path, path / "ADEChallengeData2016"], "annotations", "ade20k")
     _need(root, "images/training", "annotations/training", "images/validation")
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    splits: dict[str, list[str]] = {}
-    for ours, theirs in (("train", "training"), ("test", "validation")):
-        img_dir, ann_dir = root / "images" / theirs, root / "annotations" / theirs
-        _need(root, f"annotations/{theirs}")
-        ims = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        ids = [p.stem for p in ims]
-        _add(
-            images, masks, splits.setdefault(ours, []), "ade20k", path,
-            ims, [ann_dir / f"{i}.png" for i in ids], ids,
-        )  # fmt: skip
     names = [f"class_{k}" for k in range(1, ADE20K_CLASSES + 1)]
     info = root / "objectInfo150.txt"
     if info.is_file():  # Idx, Ratio, Train, Val, Name ("wall", "building;edifice", ...)
@@ -174,7 +152,11 @@ def ade20k(path: Path) -> Layout:
                 if 1 <= k <= ADE20K_CLASSES:
                     names[k - 1] = cols[4].split(";")[0].strip()
     lut = _table({0: 255, **{k: k - 1 for k in range(1, ADE20K_CLASSES + 1)}})
-    return Layout("ade20k", root, images, masks, splits, names, 255, lut)
+    layout = Layout("ade20k", root, names, lut)
+    for ours, theirs in (("train", "training"), ("test", "validation")):
+        _need(root, f"annotations/{theirs}")
+        layout.add(ours, _by_stem(root / "images" / theirs, root / "annotations" / theirs))
+    return layout
 
 
 def pet(path: Path) -> Layout:
@@ -186,17 +168,13 @@ def pet(path: Path) -> Layout:
     root = _first(path, [path, up], "oxford-iiit-pet", "pet")
     base = root / "oxford-iiit-pet"
     _need(base, "images", "annotations/trimaps")
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    splits: dict[str, list[str]] = {}
+    layout = Layout("pet", base, ["background", "pet"], _table({1: 1, 2: 0, 3: 255}))
     for ours, theirs in (("train", "trainval"), ("test", "test")):
         _need(base, f"annotations/{theirs}.txt")
         ds = OxfordIIITPet(str(root), split=theirs, target_types="segmentation", download=False)
-        ims, segs = list(ds._images), list(ds._segs)  # the file lists it reads from
-        ids = [Path(p).stem for p in ims]
-        _add(images, masks, splits.setdefault(ours, []), "pet", path, ims, segs, ids)
-    lut = _table({1: 1, 2: 0, 3: 255})
-    return Layout("pet", base, images, masks, splits, ["background", "pet"], 255, lut)
+        # (its file lists are private attributes; the files themselves are not opened here)
+        layout.add(ours, [(Path(im).stem, im, m) for im, m in zip(ds._images, ds._segs)])
+    return layout
 
 
 def camvid(path: Path) -> Layout:
@@ -204,22 +182,14 @@ def camvid(path: Path) -> Layout:
     masks; 11 classes, 11 = void (ignored)."""
     root = _first(path, [path, path / "CamVid"], "trainannot", "camvid")
     _need(root, "train")
-    images: dict[str, Path] = {}
-    masks: dict[str, Path] = {}
-    splits: dict[str, list[str]] = {}
+    lut = _table({**{c: c for c in range(len(CAMVID_CLASSES))}, 11: 255})
+    layout = Layout("camvid", root, list(CAMVID_CLASSES), lut)
     for split in ("train", "val", "test"):
-        img_dir, ann_dir = root / split, root / f"{split}annot"
-        if split != "train" and not img_dir.is_dir():
+        if split != "train" and not (root / split).is_dir():
             continue
         _need(root, f"{split}annot")
-        ims = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-        ids = [p.stem for p in ims]
-        _add(
-            images, masks, splits.setdefault(split, []), "camvid", path,
-            ims, [ann_dir / f"{i}.png" for i in ids], ids,
-        )  # fmt: skip
-    lut = _table({**{c: c for c in range(len(CAMVID_CLASSES))}, 11: 255})
-    return Layout("camvid", root, images, masks, splits, list(CAMVID_CLASSES), 255, lut)
+        layout.add(split, _by_stem(root / split, root / f"{split}annot"))
+    return layout
 
 
 READERS = {"voc": voc, "cityscapes": cityscapes, "ade20k": ade20k, "pet": pet, "camvid": camvid}

@@ -207,14 +207,12 @@ class MaskFolder:
         """Classes, ignore index and splits as the dataset defines them; every mask value
         must be one its kind stores."""
         known = layout.known_values()
-        unknown = [(i, min(ids - known)) for i, ids in present.items() if ids - known]
-        if unknown:
-            shown = "; ".join(f"{self.masks[i]} has {v}" for i, v in unknown[:5])
-            raise UserError(
-                f"{len(unknown)} mask(s) of {layout.kind}:{layout.root} hold values that "
-                f"{layout.kind} masks do not hold ({shown}"
-                f"{'; ...' if len(unknown) > 5 else ''}); is this the right kind?"
-            )
+        self._refuse_unknown(
+            present,
+            known,
+            f"of {layout.kind}:{layout.root} hold values that {layout.kind} masks do not hold",
+            "is this the right kind?",
+        )
         self.class_names, self.ignore_index = list(layout.class_names), layout.ignore_index
         self.lut = layout.lut
         # val carved from every listed train id, as unlabeled_images does without the checks
@@ -237,14 +235,13 @@ class MaskFolder:
             self.ignore_index = ign
             n = len(self.class_names)
             known = set(range(n)) | {ign}
-            unknown = [(i, min(ids - known)) for i, ids in present.items() if ids - known]
-            if unknown:
-                shown = "; ".join(f"{self.masks[i].name} has {c}" for i, c in unknown[:5])
-                raise UserError(
-                    f"{len(unknown)} mask(s) in {mask_dir} hold class ids unknown to classes.json "
-                    f"({n} classes, 0..{n - 1}, ignore {ign}): {shown}"
-                    f"{'; ...' if len(unknown) > 5 else ''}; fix the masks or classes.json"
-                )
+            self._refuse_unknown(
+                present,
+                known,
+                f"in {mask_dir} hold class ids unknown to classes.json ({n} classes, "
+                f"0..{n - 1}, ignore {ign})",
+                "fix the masks or classes.json",
+            )
         else:
             self.ignore_index = 255
             ids: set[int] = set().union(*present.values())
@@ -273,6 +270,17 @@ class MaskFolder:
         else:
             train, test = carve(sorted(self.images), TEST_FRACTION)
             self.splits = {"train": train, "test": test}
+
+    def _refuse_unknown(
+        self, present: dict[str, set[int]], known: set[int], what: str, fix: str
+    ) -> None:
+        """One line naming the masks (the first five, and the count) holding ids not in
+        `known`, with the smallest such id of each."""
+        unknown = [(i, min(ids - known)) for i, ids in present.items() if ids - known]
+        if unknown:
+            shown = "; ".join(f"{self.masks[i].name} has {v}" for i, v in unknown[:5])
+            more = "; ..." if len(unknown) > 5 else ""
+            raise UserError(f"{len(unknown)} mask(s) {what}: {shown}{more}; {fix}")
 
     def _skip(self, what: str, fix: str) -> None:
         """Note a skipped input; _report_skipped reports them all in one line."""
