@@ -130,8 +130,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "ddpm_seg_steps": 6,
         "ddpm_seg_ensemble": 2,
     },
-    # resnet18 at 64x80 on 2 CPU cores, in the background (docs/benchmarks.md has the timing)
-    "cpu": {},
+    # resnet18 at 64x80 on 2 CPU cores, in the background: the equal-compute table at N = 46
+    # over 3 seeds (docs/benchmarks.md has it and its timing). Other rows and N reuse its
+    # cells: e.g. "methods=[dt-mix,dt-label]" "labels=[23,46,367]".
+    "cpu": {
+        "methods": PRETRAINED,
+        "ssl_equal_compute": True,
+        "labels": [46],
+        "seeds": [0, 1, 2],
+    },
     # resnet50 at 256x320 on one H100/H200, in what gpu.sh leaves of its 8 minutes (at least
     # 390 s after its throughput stage). Sized from H200 runs (docs/benchmarks.md): a
     # 400-step teacher took 53 s, each pretraining 12-14 s, each evaluation 10-13 s.
