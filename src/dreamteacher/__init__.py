@@ -21,6 +21,7 @@ _WHERE = {
     "convert": "dreamteacher.api",
     "export": "dreamteacher.api",
     "finetune": "dreamteacher.api",
+    "inspect_teacher": "dreamteacher.api",
     "load_backbone": "dreamteacher.exporting",
     "pretrain": "dreamteacher.api",
     "pretrain_baseline": "dreamteacher.api",

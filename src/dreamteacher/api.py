@@ -25,6 +25,7 @@ from dreamteacher.config import (
     ConvertConfig,
     DDPMSegConfig,
     FinetuneConfig,
+    InspectConfig,
     InterpreterConfig,
     PretrainConfig,
     TeacherConfig,
@@ -81,6 +82,19 @@ def cache_features(
         CacheConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
     )
     return engine.cache_features(cfg)
+
+
+def inspect_teacher(
+    teacher: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: Options = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Describe `teacher` (a train-teacher run, a diffusers pipeline or UNet folder) and time
+    one encoding per level on this device; returns (and prints) the report."""
+    cfg = build_config(InspectConfig, config, overrides, teacher=teacher, **kwargs)
+    return engine.inspect_teacher(cfg)
 
 
 def export(run: str | Path, out: str | Path, *, force: bool = False) -> Path:

@@ -2,6 +2,7 @@
 
 dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
 dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
+dreamteacher inspect-teacher --teacher RUN|PIPELINE [--image-size H W]
 dreamteacher export RUN2 --out BB [--force]
 dreamteacher convert KIND:PATH --out SEGDIR [--size H W]
 dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
@@ -44,6 +45,11 @@ COMMANDS: dict[str, tuple[str, type | None, str]] = {
         "store teacher features once, for pretrain",
         C.CacheConfig,
         "cache_features",
+    ),
+    "inspect-teacher": (
+        "a teacher's levels, and the time and memory of one encoding per level",
+        C.InspectConfig,
+        "inspect_teacher",
     ),
     "export": ("write the pretrained backbone as timm weights", None, "export"),
     "convert": ("write a standard dataset (KIND:PATH) as a mask folder", None, "convert"),

@@ -36,6 +36,7 @@ class Teacher(nn.Module):
     strides: list[int]
     min_divisor: int = 1
     image_size: list[int] | None = None
+    source: str = ""  # where it was loaded from (kind and folder), when loaded
 
     def input_size(self, size: list[int] | None = None) -> list[int]:
         """`size` (H, W), or by default the resolution the teacher was trained at; checked
@@ -113,16 +114,22 @@ def create_teacher(name: str, **kwargs: Any) -> Teacher:
 def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
     """Load a teacher from a run folder of `train-teacher` or a local diffusers checkpoint."""
     if not path:
-        raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
+        raise UserError(
+            "no teacher given; pass --teacher RUN (a train-teacher output folder, or a diffusers "
+            "pipeline or UNet folder)"
+        )
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"teacher {path} is not a folder; pass the --out folder of train-teacher")
+        raise UserError(
+            f"teacher {path} is not a folder; pass the --out folder of train-teacher or a "
+            "diffusers pipeline or UNet folder"
+        )
     for pred, loader in _LOADERS:
         if pred(path):
             return loader(path, **kwargs)
     raise UserError(
-        f"{path} holds no teacher (expected unet/config.json from train-teacher or a diffusers "
-        "UNet2DModel folder); run train-teacher first"
+        f"{path} holds no teacher (expected unet/config.json of a train-teacher run or a "
+        "diffusers pipeline, or the config.json of a UNet2DModel folder); run train-teacher first"
     )
 
 
