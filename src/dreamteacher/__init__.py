@@ -25,6 +25,7 @@ _WHERE = {
     "load_backbone": "dreamteacher.exporting",
     "pretrain": "dreamteacher.api",
     "pretrain_baseline": "dreamteacher.api",
+    "probe": "dreamteacher.api",
     "train_ddpm_seg": "dreamteacher.api",
     "train_interpreter": "dreamteacher.api",
     "train_teacher": "dreamteacher.api",

@@ -28,6 +28,7 @@ from dreamteacher.config import (
     InspectConfig,
     InterpreterConfig,
     PretrainConfig,
+    ProbeConfig,
     TeacherConfig,
     build_config,
     normalize_size,
@@ -82,6 +83,24 @@ def cache_features(
         CacheConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
     )
     return engine.cache_features(cfg)
+
+
+def probe(
+    data: str | None = None,
+    teacher: str | None = None,
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: Options = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Rank `teacher`'s (t, level set) choices by a linear probe's val mIoU on `labels`
+    labelled images of the mask folder `data`; writes OUT/probe.json and OUT/pretrain.yaml
+    (the best, for `pretrain(config=...)`) and returns the ranking."""
+    cfg = build_config(
+        ProbeConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
+    )
+    return engine.probe(cfg)
 
 
 def inspect_teacher(

@@ -236,6 +236,19 @@ class CacheConfig(TeacherFeatures, Unlabeled, Common):
 
 
 @dataclass
+class ProbeConfig(TeacherFeatures, Labelled, Common):
+    """`probe`: rank (t, level set) choices of a teacher by the val mIoU of a linear probe on
+    its frozen features of N labelled images; writes the best as a pretrain config."""
+
+    t: list[int] = _list([25, 50, 100, 150, 250, 500])  # the candidate steps
+    level_sets: list[list[int]] | None = None  # None: every contiguous run of `strides`
+    eval_split: str = "val"  # a probe chooses settings: scored on val, never test
+    batch_size: int = 8
+    steps: int = 300  # probe training steps per candidate
+    lr: float = 1e-2
+
+
+@dataclass
 class InspectConfig(TeacherFeatures):
     """`inspect-teacher`: a teacher's kind, size, schedule and levels, and the time and memory
     of one encoding per level on this device."""

@@ -9,6 +9,7 @@ from dreamteacher.engine.finetune import finetune
 from dreamteacher.engine.inspect import inspect_teacher
 from dreamteacher.engine.interpreter import train_interpreter
 from dreamteacher.engine.pretrain import pretrain
+from dreamteacher.engine.probe import probe
 from dreamteacher.engine.teacher import train_teacher
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "inspect_teacher",
     "pretrain",
     "pretrain_baseline",
+    "probe",
     "train_ddpm_seg",
     "train_interpreter",
     "train_teacher",

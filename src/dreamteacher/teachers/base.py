@@ -93,8 +93,12 @@ def register_teacher(name: str):
     return deco
 
 
-def register_loader(predicate: Callable[[Path], bool]):
+def register_loader(predicate: Callable[[Path], bool], files: Callable[[Path], list[Path]]):
+    """Decorator: `fn(folder, **kw) -> Teacher` loads the folders `predicate` accepts;
+    `files(folder)` lists the files it reads (what a cached result depends on)."""
+
     def deco(fn: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        fn.files = files
         _LOADERS.append((predicate, fn))
         return fn
 
@@ -131,6 +135,15 @@ def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
         f"{path} holds no teacher (expected unet/config.json of a train-teacher run or a "
         "diffusers pipeline, or the config.json of a UNet2DModel folder); run train-teacher first"
     )
+
+
+def teacher_files(path: str | Path) -> list[Path]:
+    """The files the teacher in `path` is loaded from (a one-line error if none)."""
+    for pred, loader in _LOADERS:
+        if pred(Path(path)):
+            return loader.files(Path(path))
+    load_teacher(path)  # raises the error naming what the folder lacks
+    return []
 
 
 def resolve_teacher(cfg: Any) -> Teacher:

@@ -406,7 +406,20 @@ def _load_unet(unet_dir: Path) -> UNet2DModel:
     return unet
 
 
-@register_loader(lambda p: folder_kind(p) is not None)
+def diffusion_files(path: Path) -> list[Path]:
+    """The files a diffusion teacher folder is loaded from (configs and weights): what a
+    cached result computed from it depends on."""
+    kind = folder_kind(path)
+    if kind is None:
+        return []
+    unet_dir = path if kind == "unet" else path / "unet"
+    files = [f for f in unet_dir.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if kind != "unet":
+        files += [path / "scheduler" / "scheduler_config.json", path / "teacher.json"]
+    return sorted(f for f in files if f.exists())
+
+
+@register_loader(lambda p: folder_kind(p) is not None, files=diffusion_files)
 def load_diffusion_teacher(
     path: Path, t: list[int] | int = tuple(T), strides: list[int] = tuple(STRIDES)
 ) -> DiffusionTeacher:
