@@ -20,7 +20,18 @@ FLAGS = {
     "train-interpreter": COMMON | {"epochs", "labels", "teacher", "t"},
     "train-ddpm-seg": COMMON | {"steps", "labels", "teacher", "t"},
     "pretrain-baseline": COMMON | {"epochs", "backbone", "method"},
-    "benchmark": {"data", "out", "profile", "labels", "backbone", "image_size", "device"},
+    "probe": COMMON | {"steps", "labels", "teacher", "t"},
+    "inspect-teacher": {"teacher", "t", "image_size", "batch_size", "device"},
+    "benchmark": {
+        "data",
+        "out",
+        "profile",
+        "labels",
+        "backbone",
+        "image_size",
+        "device",
+        "teacher",
+    },
     "demo": {"out", "image_size", "labels", "backbone", "batch_size", "seed", "device"},
 }
 

@@ -191,7 +191,7 @@ def test_bad_demo_setting(capsys, tmp_path):
 
 def test_unreadable_teacher_json_is_one_line(teacher_run, tmp_path):
     """A train-teacher run whose teacher.json is damaged: loading names the file and the fix;
-    without the file the teacher loads with no recorded resolution."""
+    without the file the resolution comes from the UNet's sample_size."""
     run = tmp_path / "teacher"
     shutil.copytree(teacher_run, run)
     assert load_teacher(str(run)).image_size == [32, 32]
@@ -199,7 +199,7 @@ def test_unreadable_teacher_json_is_one_line(teacher_run, tmp_path):
     with pytest.raises(UserError, match=r"cannot read .*teacher\.json \(JSONDecodeError\)"):
         load_teacher(str(run))
     (run / "teacher.json").unlink()
-    assert load_teacher(str(run)).image_size is None
+    assert load_teacher(str(run)).image_size == [32, 32]
 
 
 # (command and arguments, a part of the one-line message). DATA is the scene mask folder,

@@ -25,8 +25,10 @@ from dreamteacher.config import (
     ConvertConfig,
     DDPMSegConfig,
     FinetuneConfig,
+    InspectConfig,
     InterpreterConfig,
     PretrainConfig,
+    ProbeConfig,
     TeacherConfig,
     build_config,
     normalize_size,
@@ -81,6 +83,37 @@ def cache_features(
         CacheConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
     )
     return engine.cache_features(cfg)
+
+
+def probe(
+    data: str | None = None,
+    teacher: str | None = None,
+    out: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: Options = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Rank `teacher`'s (t, level set) choices by a linear probe's val mIoU on `labels`
+    labelled images of the mask folder `data`; writes OUT/probe.json and OUT/pretrain.yaml
+    (the best, for `pretrain(config=...)`) and returns the ranking."""
+    cfg = build_config(
+        ProbeConfig, config, overrides, data=data, teacher=teacher, out=out, **kwargs
+    )
+    return engine.probe(cfg)
+
+
+def inspect_teacher(
+    teacher: str | None = None,
+    *,
+    config: str | None = None,
+    overrides: Options = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Describe `teacher` (a train-teacher run, a diffusers pipeline or UNet folder) and time
+    one encoding per level on this device; returns (and prints) the report."""
+    cfg = build_config(InspectConfig, config, overrides, teacher=teacher, **kwargs)
+    return engine.inspect_teacher(cfg)
 
 
 def export(run: str | Path, out: str | Path, *, force: bool = False) -> Path:

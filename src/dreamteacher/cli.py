@@ -2,6 +2,8 @@
 
 dreamteacher train-teacher --data DIR --out RUN [--preset tiny|small|base] [key=value ...]
 dreamteacher pretrain --data DIR --teacher RUN --backbone resnet50 --out RUN2
+dreamteacher inspect-teacher --teacher RUN|PIPELINE [--image-size H W]
+dreamteacher probe --teacher RUN|PIPELINE --data SEGDIR --labels N --out DIR
 dreamteacher export RUN2 --out BB [--force]
 dreamteacher convert KIND:PATH --out SEGDIR [--size H W]
 dreamteacher finetune --data SEGDIR --backbone resnet50 --weights BB|scratch --out RUN3
@@ -44,6 +46,16 @@ COMMANDS: dict[str, tuple[str, type | None, str]] = {
         "store teacher features once, for pretrain",
         C.CacheConfig,
         "cache_features",
+    ),
+    "probe": (
+        "rank a teacher's t and levels by a linear probe's val mIoU",
+        C.ProbeConfig,
+        "probe",
+    ),
+    "inspect-teacher": (
+        "a teacher's levels, and the time and memory of one encoding per level",
+        C.InspectConfig,
+        "inspect_teacher",
     ),
     "export": ("write the pretrained backbone as timm weights", None, "export"),
     "convert": ("write a standard dataset (KIND:PATH) as a mask folder", None, "convert"),
@@ -106,7 +118,7 @@ def _default_text(key: str, value: Any) -> str:
     if value in ("", None):
         if key == "image_size":
             return " (default: the teacher's resolution)"
-        return " (required)" if key in C.REQUIRED else ""
+        return " (required)" if key in C.REQUIRED and value == "" else ""
     if isinstance(value, list):
         value = " ".join(str(v) for v in value)
     return f" (default: {value})"

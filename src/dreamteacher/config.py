@@ -45,7 +45,7 @@ FLAGS: dict[str, str] = {
         f"standard dataset as downloaded (KIND: {', '.join(KINDS)}; docs/data.md)"
     ),
     "out": "folder to write",
-    "teacher": "train-teacher run folder or a diffusers UNet folder",
+    "teacher": "train-teacher run, diffusers pipeline (DDPM, DDIM, ...) or UNet2DModel folder",
     "t": "diffusion step(s) t at which the teacher is read",
     "backbone": "timm model name, e.g. resnet50",
     "weights": "exported backbone folder, or 'scratch'",
@@ -233,6 +233,32 @@ class CacheConfig(TeacherFeatures, Unlabeled, Common):
     batch_size: int = 32
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
     save_every: int = 50  # batches between progress records (what --resume continues from)
+
+
+@dataclass
+class ProbeConfig(TeacherFeatures, Labelled, Common):
+    """`probe`: rank (t, level set) choices of a teacher by the val mIoU of a linear probe on
+    its frozen features of N labelled images; writes the best as a pretrain config."""
+
+    t: list[int] = _list([25, 50, 100, 150, 250, 500])  # the candidate steps
+    level_sets: list[list[int]] | None = None  # None: every contiguous run of `strides`
+    eval_split: str = "val"  # a probe chooses settings: scored on val, never test
+    batch_size: int = 8
+    steps: int = 300  # probe training steps per candidate
+    lr: float = 1e-2
+
+
+@dataclass
+class InspectConfig(TeacherFeatures):
+    """`inspect-teacher`: a teacher's kind, size, schedule and levels, and the time and memory
+    of one encoding per level on this device."""
+
+    image_size: list[int] | None = None  # H, W; None: the teacher's training resolution
+    batch_size: int = 1
+    device: str = "auto"
+    precision: str = "auto"
+    repeats: int = 5  # timed encodings per level (the median is reported), after one warm-up
+    json: str = ""  # also write the report to this JSON file
 
 
 @dataclass

@@ -269,3 +269,56 @@ def test_ssl_at_equal_compute_trains_for_dreamteachers_wall_time(tmp_path):
     assert "simclr pretraining (equal compute)" in [c["stage"] for c in r["costs"]]
     md = (tmp_path / "b" / "results.md").read_text()
     assert "**frozen**, equal compute" in md and "| simclr@compute |" in md
+
+
+def test_a_given_teacher_folder_replaces_the_teacher_cell(tmp_path):
+    """teacher=PATH (here a diffusers DDPMPipeline folder): the DreamTeacher rows distil from
+    it, no teacher is trained, its cells are keyed by the folder's files (a copy elsewhere
+    finds them, a changed weight does not), and the equal-compute budget leaves it out."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    import dreamteacher as dt
+    from dreamteacher.benchmarking.run import Benchmark
+    from dreamteacher.data.synthetic import make_scenes
+    from dreamteacher.teachers.diffusion import unet_kwargs
+
+    data = make_scenes(
+        tmp_path / "data", n=30, image_size=(32, 48), splits={"train": 0.6, "val": 0.1, "test": 0.3}
+    )
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=[32, 48], in_channels=3, out_channels=3, **unet_kwargs("tiny"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    kw = dict(profile="smoke", device="cpu", labels=[4], protocols=["frozen"])
+    kw |= dict(methods=["dreamteacher"], cells_dir=str(tmp_path / "cells"))
+    r = dt.benchmark(str(data), str(tmp_path / "b1"), teacher=str(tmp_path / "ddpm"), **kw)
+    assert r["cells_computed"] == 2  # a pretraining and its evaluation; nothing trained
+    cells = tmp_path / "cells"
+    assert not list(cells.glob("teacher-*"))
+    assert not any(c["stage"].startswith("teacher") for c in r["costs"])
+    (pre,) = cells.glob("pretrain-dreamteacher-*")
+    rec = json.loads((pre / "cell.json").read_text())
+    assert rec["params"]["teacher"].startswith("files-")
+    assert f"teacher: {tmp_path / 'ddpm'}" in (pre / "run" / "config.yaml").read_text()
+    assert "not trained here" in (tmp_path / "b1" / "results.md").read_text()
+    # the equal-compute budget is the distillation cell alone
+    cfg = build_benchmark_config(
+        "smoke",
+        data=str(data),
+        out=str(tmp_path / "b1"),
+        **{k: v for k, v in kw.items() if k != "profile"},
+        teacher=str(tmp_path / "ddpm"),
+    )
+    assert Benchmark(cfg).dreamteacher_seconds() == rec["wall_s"]
+    # the same files elsewhere: every cell found again
+    shutil.copytree(tmp_path / "ddpm", tmp_path / "copy")
+    again = dt.benchmark(str(data), str(tmp_path / "b2"), teacher=str(tmp_path / "copy"), **kw)
+    assert again["cells_computed"] == 0
+    # one changed weight: recomputed
+    unet.conv_in.bias.data += 1
+    unet.save_pretrained(tmp_path / "copy" / "unet")
+    changed = dt.benchmark(str(data), str(tmp_path / "b3"), teacher=str(tmp_path / "copy"), **kw)
+    assert changed["cells_computed"] == 2
+    assert len(list(cells.glob("pretrain-dreamteacher-*"))) == 2
+    with pytest.raises(UserError, match="holds no teacher"):
+        dt.benchmark(str(data), str(tmp_path / "b4"), teacher=str(tmp_path / "data"), **kw)

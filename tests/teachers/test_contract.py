@@ -37,11 +37,8 @@ def test_every_registered_teacher_has_configs():
 CASES = [(name, cfg) for name in list_teachers() for cfg in CONFIGS[name]]
 
 
-@pytest.mark.parametrize(("name", "cfg"), CASES)
-def test_teacher_contract(name, cfg):
-    torch.manual_seed(0)
-    teacher = create_teacher(name, **cfg)
-    h, w = cfg["image_size"]
+def assert_teacher_contract(teacher, h: int, w: int) -> None:
+    """What every teacher, however made or loaded, must do at an input of h x w."""
     x = torch.rand(2, 3, h, w)
     feats = teacher(x)
     assert isinstance(feats, list) and len(feats) == len(teacher.channels) == len(teacher.strides)
@@ -58,6 +55,18 @@ def test_teacher_contract(name, cfg):
     assert not teacher.training  # stays in eval mode
     again = teacher(x)  # fresh noise each call: stochastic encoding
     assert not torch.allclose(feats[0], again[0])
+    # a sample's key fixes its t and noise, whatever the batch around it
+    keyed = teacher(x, keys=[7, 8])
+    alone = teacher(x[1:], keys=[8])
+    for a, b in zip(keyed, alone, strict=True):
+        assert torch.allclose(a[1:], b, atol=1e-5)
+
+
+@pytest.mark.parametrize(("name", "cfg"), CASES)
+def test_teacher_contract(name, cfg):
+    torch.manual_seed(0)
+    teacher = create_teacher(name, **cfg)
+    assert_teacher_contract(teacher, *cfg["image_size"])
 
 
 def _skip_unet():
@@ -186,14 +195,13 @@ def test_load_from_train_teacher_run(teacher_run):
     assert isinstance(teacher, DiffusionTeacher)
     sd = teacher.unet.state_dict()
     assert all(torch.equal(v, sd[k]) for k, v in unet.state_dict().items())
+    assert teacher.source == f"run {teacher_run}"
     # a bare UNet folder also works (the scheduler defaults to 1000-step linear DDPM)
     bare = load_teacher(teacher_run / "unet")
     assert bare.scheduler.config.num_train_timesteps == 1000
-    # the run says the size it was trained at (teacher.json); a bare UNet folder does not
+    # the run says the size it was trained at (teacher.json); a UNet folder its sample_size
     assert teacher.image_size == [32, 32] and teacher.input_size() == [32, 32]
-    assert bare.image_size is None
-    with pytest.raises(UserError, match="does not say its resolution; pass --image-size"):
-        bare.input_size()
+    assert bare.image_size == [32, 32]
 
 
 def test_not_a_teacher_folder(tmp_path):

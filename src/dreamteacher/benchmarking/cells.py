@@ -24,8 +24,9 @@ class CellRef(os.PathLike):
     cell's settings: a path where the settings are passed on as a command's arguments, the
     cell's key where they are hashed into a key (so a moved cells folder keeps its keys)."""
 
-    def __init__(self, record: dict[str, Any], sub: str):
-        self.key, self.path = record["key"], Path(record["folder"]) / sub
+    def __init__(self, record: dict[str, Any], sub: str = ""):
+        self.key = record["key"]
+        self.path = Path(record["folder"]) / sub if sub else Path(record["folder"])
 
     def __fspath__(self) -> str:
         return str(self.path)
@@ -38,6 +39,19 @@ class CellRef(os.PathLike):
 
 def _hashable(value: Any) -> Any:
     return value.key if isinstance(value, CellRef) else str(value)
+
+
+def files_key(files: list[Path], root: Path) -> str:
+    """Stable hash of files' paths (relative to `root`) and contents: the key of an input
+    that is not a cell (a teacher given as a folder), the same wherever the folder lies."""
+    h = hashlib.sha1()
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        h.update(b"\0")
+    return h.hexdigest()[:10]
 
 
 def cell_key(params: dict[str, Any]) -> str:

@@ -57,7 +57,9 @@ class BenchmarkConfig:
     image_size: list[int] = field(default_factory=lambda: [64, 80])  # H, W for every stage
     device: str = "auto"
     precision: str = "auto"
-    # teacher (dreamteacher only)
+    # the teacher: a folder to use as it is (a train-teacher run, a diffusers pipeline or UNet
+    # folder; keyed by its files' hash, not trained here), or None to train one with these
+    teacher: str | None = None
     teacher_preset: str = "tiny"
     teacher_steps: int = 1500
     teacher_batch_size: int = 16

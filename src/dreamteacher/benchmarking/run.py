@@ -35,7 +35,7 @@ import torch
 
 from dreamteacher import api
 from dreamteacher.baselines.ssl import METHODS
-from dreamteacher.benchmarking.cells import CellRef, Cells
+from dreamteacher.benchmarking.cells import CellRef, Cells, files_key
 from dreamteacher.benchmarking.config import (
     EQUAL_COMPUTE,
     EVAL_SPLITS,
@@ -56,6 +56,7 @@ from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.dataspec import resolved_data
 from dreamteacher.errors import UserError
 from dreamteacher.runfiles import atomic_json, atomic_write, save_config
+from dreamteacher.teachers import teacher_files
 
 Record = dict[str, Any]  # a finished cell: key, folder, wall_s, images_seen, its results
 
@@ -113,6 +114,8 @@ class Benchmark:
         self.commit = _commit()  # the code this run imported (not the checkout's later HEAD)
         self.folder = MaskFolder(cfg.data)
         self.folder.eval_split(cfg.eval_split)  # one line naming the folder if it has none
+        if cfg.teacher:
+            teacher_files(cfg.teacher)  # one line now if the folder holds no teacher
         # the unlabeled images every pretraining sees: by default every image but the test's
         self.splits = cfg.pretrain_splits or [s for s in self.folder.splits if s != "test"]
         # every cell's settings start with these
@@ -167,9 +170,19 @@ class Benchmark:
     # the stages
 
     def teacher(self) -> Record:
+        """The teacher's record: a train-teacher cell, or the folder given as `teacher` (keyed
+        by its files, no cost: it was not trained here)."""
         cfg = self.cfg
 
+        def given() -> Record:
+            folder = Path(cfg.teacher).resolve()
+            key = "files-" + files_key(teacher_files(folder), folder)
+            print(f"benchmark: teacher {folder} (given; key {key})")
+            return {"key": key, "folder": str(folder), "wall_s": 0.0, "given": True}
+
         def make() -> Record:
+            if cfg.teacher:
+                return given()
             print(f"benchmark: teacher ({cfg.teacher_preset}, {cfg.teacher_steps} steps)")
             kw = {
                 **self.base,
@@ -188,6 +201,11 @@ class Benchmark:
 
         return self._once("teacher", make)
 
+    def teacher_ref(self) -> CellRef:
+        """The teacher folder other cells read, hashed into their keys as its key."""
+        rec = self.teacher()
+        return CellRef(rec) if rec.get("given") else CellRef(rec, "run")
+
     def feature_cache(self) -> Record:
         """K encodings per pretraining image (dt_feature_cache=K), computed once for the
         dreamteacher, dt-mix and dt-label rows."""
@@ -197,7 +215,7 @@ class Benchmark:
             print(f"benchmark: feature cache ({cfg.dt_feature_cache} encodings per image)")
             kw = {
                 **self.base,
-                "teacher": CellRef(self.teacher(), "run"),
+                "teacher": self.teacher_ref(),
                 "splits": self.splits,
                 "t": cfg.dt_t,
                 "draws": cfg.dt_feature_cache,
@@ -222,7 +240,7 @@ class Benchmark:
         cfg = self.cfg
         kw = {
             **self.pretraining,
-            "teacher": CellRef(self.teacher(), "run"),
+            "teacher": self.teacher_ref(),
             "lr": cfg.dt_lr,
             "t": cfg.dt_t,
             "lambda_at": cfg.dt_lambda_at,
@@ -269,7 +287,8 @@ class Benchmark:
 
     def dreamteacher_seconds(self) -> float:
         """What DreamTeacher's backbone cost in all: the wall time of the teacher, the feature
-        cache (when used) and the distillation cells, start-up and export included."""
+        cache (when used) and the distillation cells, start-up and export included. A given
+        teacher (`teacher=PATH`) counts 0 s: it was trained elsewhere."""
         self.pretrained("dreamteacher")
         parts = [self.teacher(), self.records["dreamteacher"]]
         if self.cfg.dt_feature_cache:
@@ -301,7 +320,7 @@ class Benchmark:
     def _teacher_side(self, name: str, command: Callable, n: int, seed: int, kw: dict, cleanup):
         """A segmenter on the teacher's features of the (N, seed) subset, evaluated."""
         print(f"benchmark: {name} N{n}-seed{seed}")
-        teacher = CellRef(self.teacher(), "run")
+        teacher = self.teacher_ref()
         kw = {**self.base, "teacher": teacher, "labels": self.labelled(n), "seed": seed, **kw}
         kw["eval_split"] = self.cfg.eval_split
         key, stage = f"{name}-N{n}-seed{seed}", f"{name} N{n}-seed{seed}"
@@ -477,6 +496,11 @@ def format_results(r: dict[str, Any]) -> str:
         f"mIoU on the {c.get('eval_split', 'test')} split; device {r['device']}; "
         f"commit {r['commit']}.\n\n"
     )
+    if c.get("teacher"):
+        head += (
+            f"Teacher: the folder {c['teacher']}, given (not trained here: its cost is not in "
+            "the cost table nor in the equal-compute budget).\n\n"
+        )
     if c.get("dt_feature_cache"):
         head += (
             "The DreamTeacher rows' targets were read from a feature cache of "

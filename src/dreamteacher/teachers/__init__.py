@@ -9,6 +9,7 @@ from dreamteacher.teachers.base import (
     load_teacher,
     register_teacher,
     resolve_teacher,
+    teacher_files,
 )
 from dreamteacher.teachers.diffusion import PRESETS, DiffusionTeacher, build_unet
 
@@ -22,4 +23,5 @@ __all__ = [
     "load_teacher",
     "register_teacher",
     "resolve_teacher",
+    "teacher_files",
 ]

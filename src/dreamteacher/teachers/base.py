@@ -36,6 +36,7 @@ class Teacher(nn.Module):
     strides: list[int]
     min_divisor: int = 1
     image_size: list[int] | None = None
+    source: str = ""  # where it was loaded from (kind and folder), when loaded
 
     def input_size(self, size: list[int] | None = None) -> list[int]:
         """`size` (H, W), or by default the resolution the teacher was trained at; checked
@@ -92,8 +93,12 @@ def register_teacher(name: str):
     return deco
 
 
-def register_loader(predicate: Callable[[Path], bool]):
+def register_loader(predicate: Callable[[Path], bool], files: Callable[[Path], list[Path]]):
+    """Decorator: `fn(folder, **kw) -> Teacher` loads the folders `predicate` accepts;
+    `files(folder)` lists the files it reads (what a cached result depends on)."""
+
     def deco(fn: Callable[..., Teacher]) -> Callable[..., Teacher]:
+        fn.files = files
         _LOADERS.append((predicate, fn))
         return fn
 
@@ -113,17 +118,32 @@ def create_teacher(name: str, **kwargs: Any) -> Teacher:
 def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
     """Load a teacher from a run folder of `train-teacher` or a local diffusers checkpoint."""
     if not path:
-        raise UserError("no teacher given; pass --teacher RUN (a train-teacher output folder)")
+        raise UserError(
+            "no teacher given; pass --teacher RUN (a train-teacher output folder, or a diffusers "
+            "pipeline or UNet folder)"
+        )
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"teacher {path} is not a folder; pass the --out folder of train-teacher")
+        raise UserError(
+            f"teacher {path} is not a folder; pass the --out folder of train-teacher or a "
+            "diffusers pipeline or UNet folder"
+        )
     for pred, loader in _LOADERS:
         if pred(path):
             return loader(path, **kwargs)
     raise UserError(
-        f"{path} holds no teacher (expected unet/config.json from train-teacher or a diffusers "
-        "UNet2DModel folder); run train-teacher first"
+        f"{path} holds no teacher (expected unet/config.json of a train-teacher run or a "
+        "diffusers pipeline, or the config.json of a UNet2DModel folder); run train-teacher first"
     )
+
+
+def teacher_files(path: str | Path) -> list[Path]:
+    """The files the teacher in `path` is loaded from (a one-line error if none)."""
+    for pred, loader in _LOADERS:
+        if pred(Path(path)):
+            return loader.files(Path(path))
+    load_teacher(path)  # raises the error naming what the folder lacks
+    return []
 
 
 def resolve_teacher(cfg: Any) -> Teacher:

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
@@ -273,7 +274,7 @@ def sample_images(
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(n, 3, *image_size, generator=g).to(device)
     for t in track(ddim.timesteps, "sample"):
-        eps = unet(x, t.to(device)).sample
+        eps = unet(x, t.to(device)).sample[:, :3]  # 6 channels: learned variance after
         x = ddim.step(eps, t, x).prev_sample
     return ((x.clamp(-1, 1) + 1) / 2).cpu()
 
@@ -296,18 +297,68 @@ def diffusion_teacher(
     )
 
 
-def _is_run(path: Path) -> bool:
-    return (path / "unet" / "config.json").exists()
+# what a pixel-space model's output may be: the noise, v (Salimans & Ho 2022) or x0. Features do
+# not depend on it (x_t is built from the schedule alone); the sampler uses it.
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _is_unet(path: Path) -> bool:
-    cfg = path / "config.json"
-    if not cfg.exists():
-        return False
+def _read_json(file: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(cfg.read_text()).get("_class_name") == "UNet2DModel"
-    except json.JSONDecodeError:
-        return False
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def folder_kind(path: Path) -> str | None:
+    """What a teacher folder is: 'run' (train-teacher: unet/ + scheduler/ + teacher.json),
+    'pipeline' (a diffusers pipeline saved by save_pretrained: model_index.json, unet/,
+    scheduler/), 'unet' (a bare UNet folder), or None."""
+    if (path / "unet" / "config.json").exists():
+        if (path / "model_index.json").exists() and not (path / "teacher.json").exists():
+            return "pipeline"
+        return "run"
+    cfg = _read_json(path / "config.json")
+    if cfg is not None and str(cfg.get("_class_name", "")).startswith("UNet2D"):
+        return "unet"
+    return None
+
+
+def load_scheduler(folder: Path, required: bool) -> Any:
+    """The noise schedule saved in `folder` (scheduler_config.json), as the class it names;
+    without one, the standard 1000-step linear DDPM unless `required`. Any diffusers scheduler
+    of the variance-preserving family (DDPM, DDIM, PNDM, DPM-Solver, Euler, ...) works: the
+    teacher reads its alphas_cumprod."""
+    file = folder / "scheduler_config.json"
+    if not file.exists():
+        if required:
+            raise UserError(
+                f"{folder.parent} has no scheduler/scheduler_config.json; save the pipeline with "
+                "its scheduler (pipeline.save_pretrained) or restore the file"
+            )
+        return build_scheduler()
+    cfg = _read_json(file)
+    if cfg is None:
+        raise UserError(f"cannot read {file} (not a JSON object); restore it from the checkpoint")
+    name = str(cfg.get("_class_name", "DDPMScheduler"))
+    cls = getattr(diffusers, name, None)
+    if cls is None or not name.endswith("Scheduler"):
+        raise UserError(f"{file} names '{name}', which is not a diffusers scheduler; fix the file")
+    try:
+        scheduler = cls.from_pretrained(folder)
+    except (OSError, ValueError, NotImplementedError, ImportError, TypeError) as e:
+        raise UserError(f"cannot load the {name} in {folder} ({type(e).__name__}): {e}") from None
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise UserError(
+            f"{name} in {folder} has no alphas_cumprod (a variance-exploding or continuous-time "
+            "schedule); a teacher needs a DDPM-type schedule (DDPM, DDIM, PNDM, Euler, ...)"
+        )
+    kind = scheduler.config.get("prediction_type", "epsilon")
+    if kind not in PREDICTION_TYPES:
+        raise UserError(
+            f"{file} has prediction_type '{kind}'; supported: {', '.join(PREDICTION_TYPES)}"
+        )
+    return scheduler
 
 
 def _trained_size(meta: Path) -> list[int] | None:
@@ -324,23 +375,62 @@ def _trained_size(meta: Path) -> list[int] | None:
         ) from None
 
 
-@register_loader(lambda p: _is_run(p) or _is_unet(p))
-def load_diffusion_teacher(
-    path: Path, t: list[int] | int = tuple(T), strides: list[int] = tuple(STRIDES)
-) -> DiffusionTeacher:
-    """From a train-teacher run (unet/ + scheduler/ + teacher.json, which gives the training
-    resolution) or a bare diffusers UNet2DModel folder (then the scheduler is the standard
-    1000-step linear DDPM, and the resolution unknown)."""
-    unet_dir = path / "unet" if _is_run(path) else path
+def _sample_size(unet: UNet2DModel) -> list[int] | None:
+    """The resolution a diffusers UNet's config declares (sample_size: one int or H, W)."""
+    size = unet.config.get("sample_size")
+    if isinstance(size, int):
+        return [size, size]
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return [int(v) for v in size]
+    return None
+
+
+def _load_unet(unet_dir: Path) -> UNet2DModel:
+    cfg = _read_json(unet_dir / "config.json") or {}
+    name = cfg.get("_class_name", "UNet2DModel")
+    if name != "UNet2DModel":
+        raise UserError(
+            f"{unet_dir} holds a {name}; a teacher needs a pixel-space UNet2DModel (latent "
+            "models such as Stable Diffusion are not supported yet)"
+        )
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
     except (OSError, ValueError) as e:
         raise UserError(f"cannot load the UNet in {unet_dir} ({type(e).__name__}): {e}") from None
-    sched_dir = path / "scheduler"
-    scheduler = (
-        DDPMScheduler.from_pretrained(sched_dir)
-        if (sched_dir / "scheduler_config.json").exists()
-        else build_scheduler()
-    )
-    size = _trained_size(path / "teacher.json")
-    return DiffusionTeacher(unet, scheduler, t=t, strides=strides, image_size=size)
+    if unet.config.in_channels != 3 or unet.config.out_channels not in (3, 6):
+        raise UserError(
+            f"the UNet in {unet_dir} maps {unet.config.in_channels} to "
+            f"{unet.config.out_channels} channels; a pixel-space teacher maps RGB to 3 (or 6, "
+            "learned variance)"
+        )
+    return unet
+
+
+def diffusion_files(path: Path) -> list[Path]:
+    """The files a diffusion teacher folder is loaded from (configs and weights): what a
+    cached result computed from it depends on."""
+    kind = folder_kind(path)
+    if kind is None:
+        return []
+    unet_dir = path if kind == "unet" else path / "unet"
+    files = [f for f in unet_dir.iterdir() if f.is_file() and not f.name.startswith(".")]
+    if kind != "unet":
+        files += [path / "scheduler" / "scheduler_config.json", path / "teacher.json"]
+    return sorted(f for f in files if f.exists())
+
+
+@register_loader(lambda p: folder_kind(p) is not None, files=diffusion_files)
+def load_diffusion_teacher(
+    path: Path, t: list[int] | int = tuple(T), strides: list[int] = tuple(STRIDES)
+) -> DiffusionTeacher:
+    """From a train-teacher run, a diffusers pipeline folder (DDPMPipeline, DDIMPipeline, ...:
+    unet/ + scheduler/) or a bare UNet2DModel folder (then the schedule is the standard
+    1000-step linear DDPM). The resolution: teacher.json of a run, else the UNet's
+    sample_size."""
+    kind = folder_kind(path)
+    unet = _load_unet(path if kind == "unet" else path / "unet")
+    scheduler = load_scheduler(path / "scheduler", required=kind == "pipeline")
+    size = _trained_size(path / "teacher.json") or _sample_size(unet)
+    teacher = DiffusionTeacher(unet, scheduler, t=t, strides=strides, image_size=size)
+    teacher.source = f"{kind} {path}"
+    return teacher

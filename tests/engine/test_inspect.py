@@ -1,0 +1,95 @@
+"""inspect-teacher: the tensor-memory counter against hand-computed sizes, and the report of a
+diffusers pipeline folder end to end (API and CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+import dreamteacher as dt
+from dreamteacher import cli
+from dreamteacher.engine.inspect import PeakTensorBytes
+from dreamteacher.teachers.diffusion import unet_kwargs
+
+MIB = 2**20
+
+
+def test_peak_tensor_bytes_by_hand():
+    x = torch.ones(MIB // 4)  # 1 MiB of float32, made before counting: not counted
+    with PeakTensorBytes() as mode:
+        y = x * 2  # 1 MiB
+        z = y + 1  # 2 MiB live
+        v = z.view(2, -1)  # a view: no new storage
+        del y  # 1 MiB live
+        w = torch.cat([z, z])  # 1 + 2 = 3 MiB live
+    assert mode.peak == 3 * MIB
+    assert mode.live == 3 * MIB and v.numel() == z.numel() and w.numel() == 2 * z.numel()
+    del z, v, w
+    assert mode.live == 0  # frees are counted when the last reference goes
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("teachers") / "ddim"
+    torch.manual_seed(0)
+    kw = unet_kwargs("tiny", block_out_channels=[32, 32, 64, 64], attention_levels=[3])
+    unet = UNet2DModel(sample_size=[32, 48], in_channels=3, out_channels=3, **kw)
+    sched = DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction")
+    DDIMPipeline(unet=unet, scheduler=sched).save_pretrained(folder)
+    return folder
+
+
+def test_inspect_a_pipeline_folder(pipeline, tmp_path):
+    out = tmp_path / "inspect.json"
+    info = dt.inspect_teacher(teacher=str(pipeline), device="cpu", repeats=1, json=str(out))
+    assert json.loads(out.read_text()) == json.loads(json.dumps(info))
+    assert info["kind"] == "pipeline" and info["model"] == "UNet2DModel"
+    assert info["image_size"] == info["trained_size"] == [32, 48]  # from the UNet's sample_size
+    unet = UNet2DModel.from_pretrained(pipeline / "unet")
+    assert info["parameters"] == sum(p.numel() for p in unet.parameters())
+    assert info["weights_bytes"] == 4 * info["parameters"]
+    assert info["scheduler"] == {
+        "class": "DDIMScheduler",
+        "steps": 1000,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": "v_prediction",
+    }
+    levels = {lv["stride"]: lv for lv in info["levels"]}
+    assert sorted(levels) == [4, 8, 16, 32]
+    # a 4-level UNet decodes at strides 8, 4, 2, 1: 16 and 32 are pooled from stride 8
+    assert [levels[s]["channels"] for s in (4, 8, 16, 32)] == [64, 64, 64, 64]
+    assert [levels[s]["map"] for s in (4, 8, 16, 32)] == [[8, 12], [4, 6], [2, 3], [1, 2]]
+    assert levels[4]["layer"] == "up_blocks[1].resnets[-1]"
+    assert levels[32]["layer"] == "avg_pool(up_blocks[0].attentions[-1])"
+    assert all(lv["seconds"] > 0 for lv in info["levels"])
+    # reading a finer level runs more of the decoder: at least the same peak
+    assert levels[4]["peak_bytes"] >= levels[8]["peak_bytes"] > 0
+    # the stride-4 map of one image alone is 32 x 8 x 12 floats; the peak holds more than it
+    assert levels[4]["peak_bytes"] > 32 * 8 * 12 * 4
+    # twice the batch, about twice the activations
+    two = dt.inspect_teacher(teacher=str(pipeline), device="cpu", repeats=1, batch_size=2)
+    ratio = two["levels"][0]["peak_bytes"] / info["levels"][0]["peak_bytes"]
+    assert 1.6 < ratio < 2.4, ratio
+
+
+def test_inspect_from_the_cli(pipeline, capsys):
+    rc = cli.main(
+        ["inspect-teacher", "--teacher", str(pipeline), "--image-size", "64", "96", "repeats=1"]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "(pipeline, UNet2DModel" in text
+    assert "schedule: DDIMScheduler, 1000 steps, scaled_linear, predicts v_prediction" in text
+    assert "one encoding of 1 x 64x96 on cpu (fp32)" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("  ") and "MiB" in line]
+    assert [r[0] for r in rows] == ["4", "8", "16", "32"]
+    assert [r[2] for r in rows] == ["16x24", "8x12", "4x6", "2x3"]
+
+
+def test_inspect_needs_a_teacher(capsys):
+    assert cli.main(["inspect-teacher"]) == 2
+    err = capsys.readouterr().err
+    assert "--teacher is required" in err and len(err.strip().splitlines()) == 1
