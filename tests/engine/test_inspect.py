@@ -93,3 +93,23 @@ def test_inspect_needs_a_teacher(capsys):
     assert cli.main(["inspect-teacher"]) == 2
     err = capsys.readouterr().err
     assert "--teacher is required" in err and len(err.strip().splitlines()) == 1
+
+
+def test_inspect_a_hooked_unet_folder(tmp_path):
+    """A UNet of Skip blocks (read through forward hooks): each level's pass stops at its own
+    tap, and measuring a level leaves no hook of its own behind on the shared UNet."""
+    from dreamteacher.engine.inspect import measure_level
+    from dreamteacher.teachers import load_teacher
+    from tests.teachers.test_contract import _skip_unet
+
+    _skip_unet().save_pretrained(tmp_path / "skip")
+    info = dt.inspect_teacher(teacher=str(tmp_path / "skip"), device="cpu", repeats=1)
+    assert [lv["stride"] for lv in info["levels"]] == [4, 8, 16, 32]
+    assert all(lv["peak_bytes"] > 0 for lv in info["levels"])
+    teacher = load_teacher(tmp_path / "skip")
+    count = lambda: sum(len(m._forward_hooks) for m in teacher.unet.modules())
+    before = count()
+    assert before == len(set(teacher.taps))  # the teacher's own taps
+    for s in teacher.strides:
+        measure_level(teacher, s, torch.rand(1, 3, 32, 32), 1, "fp32")
+    assert count() == before

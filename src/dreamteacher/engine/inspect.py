@@ -64,6 +64,20 @@ def _level_view(teacher: Teacher, stride: int) -> Teacher:
     return teacher  # a teacher without early exit: every level costs a whole encoding
 
 
+def measure_level(
+    teacher: Teacher, stride: int, x: torch.Tensor, repeats: int, precision: str
+) -> dict[str, float]:
+    """`measure` of an encoding that stops after the level at `stride`; the view's hooks (on
+    a UNet read through hooks) are removed afterwards."""
+    view = _level_view(teacher, stride)
+    try:
+        return measure(view, x, repeats, precision)
+    finally:
+        if view is not teacher:
+            for hook in getattr(view, "_hooks", []):
+                hook.remove()
+
+
 def measure(
     teacher: Teacher,
     x: torch.Tensor,
@@ -130,7 +144,7 @@ def inspect_teacher(cfg: InspectConfig) -> dict[str, Any]:
     described = getattr(teacher, "tap_description", lambda: [""] * len(teacher.strides))()
     levels = []
     for s, ch, where in zip(teacher.strides, teacher.channels, described, strict=True):
-        cost = measure(_level_view(teacher, s), x, cfg.repeats, cfg.precision)
+        cost = measure_level(teacher, s, x, cfg.repeats, cfg.precision)
         h, w = -(-size[0] // s), -(-size[1] // s)
         layer = where.split(": ", 1)[-1]
         levels.append({"stride": s, "channels": ch, "map": [h, w], "layer": layer, **cost})

@@ -120,6 +120,8 @@ def probe(cfg: ProbeConfig) -> dict[str, Any]:
     teacher = resolve_teacher(cfg).to(device)  # checks every candidate t against its schedule
     sets = level_sets(cfg)
     folder = MaskFolder(cfg.data, strict=cfg.strict)
+    if not folder.splits.get("train"):
+        raise UserError(f"{folder.root} has no train split to label; add a 'train' list")
     train_ids = select_labeled(folder.splits["train"], cfg.labels, cfg.seed)
     val_ids = folder.splits[folder.eval_split("val")]
     train_ds = folder.dataset(train_ids, cfg.image_size)

@@ -158,6 +158,7 @@ class DiffusionTeacher(Teacher):
         self._encode = self._forward_taps if self.plain else self._forward_hooked
         self._hooks = []
         self._store: dict[int, torch.Tensor] = {}
+        self._running = False  # hooks act only during this teacher's own pass
         if not self.plain:
             for i in sorted(set(self.taps)):
                 blk = unet.up_blocks[i]
@@ -167,6 +168,8 @@ class DiffusionTeacher(Teacher):
 
     def _hook(self, i: int):
         def fn(_module, _inp, out):
+            if not self._running:  # another teacher on the same UNet is encoding
+                return
             self._store[i] = out[0] if isinstance(out, tuple) else out
             if i == self._last:
                 raise _Stop
@@ -205,11 +208,13 @@ class DiffusionTeacher(Teacher):
 
     def _forward_hooked(self, xt: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
         """Any UNet2DModel: a full forward read by hooks, stopped after the finest tap."""
-        self._store = {}
+        self._store, self._running = {}, True
         try:
             self.unet(xt, t)
         except _Stop:
             pass
+        finally:
+            self._running = False
         maps, self._store = [self._store[i] for i in self.taps], {}
         return maps
 
