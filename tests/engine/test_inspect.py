@@ -113,3 +113,25 @@ def test_inspect_a_hooked_unet_folder(tmp_path):
     for s in teacher.strides:
         measure_level(teacher, s, torch.rand(1, 3, 32, 32), 1, "fp32")
     assert count() == before
+
+
+def test_inspect_a_stable_diffusion_folder(tmp_path, capsys):
+    """Levels at image strides (latents are 1/8); the VAE's encoding is part of each cost."""
+    from tests.teachers.test_formats import save_tiny_sd
+
+    folder = save_tiny_sd(tmp_path / "sd")
+    info = dt.inspect_teacher(teacher=str(folder), device="cpu", repeats=1, strides=[8, 16, 32])
+    assert info["kind"] == "sd" and info["model"] == "UNet2DConditionModel"
+    assert info["image_size"] == [64, 64]
+    assert [lv["map"] for lv in info["levels"]] == [[8, 8], [4, 4], [2, 2]]
+    assert [lv["layer"] for lv in info["levels"]] == [
+        f"up_blocks[{i}].attentions[-1]" for i in (3, 2, 1)
+    ]
+    # the VAE's weights count among the teacher's
+    assert info["parameters"] > sum(p.numel() for p in load_unet(folder).parameters())
+
+
+def load_unet(folder):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(folder / "unet")

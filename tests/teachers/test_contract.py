@@ -37,12 +37,12 @@ def test_every_registered_teacher_has_configs():
 CASES = [(name, cfg) for name in list_teachers() for cfg in CONFIGS[name]]
 
 
-def assert_teacher_contract(teacher, h: int, w: int) -> None:
+def assert_teacher_contract(teacher, h: int, w: int, strides=(4, 8, 16, 32)) -> None:
     """What every teacher, however made or loaded, must do at an input of h x w."""
     x = torch.rand(2, 3, h, w)
     feats = teacher(x)
     assert isinstance(feats, list) and len(feats) == len(teacher.channels) == len(teacher.strides)
-    assert teacher.strides == [4, 8, 16, 32]
+    assert teacher.strides == list(strides)
     for f, c, s in zip(feats, teacher.channels, teacher.strides, strict=True):
         assert f.shape == (2, c, -(-h // s), -(-w // s)), (f.shape, c, s)  # ceil(H/s)
         assert torch.isfinite(f).all()

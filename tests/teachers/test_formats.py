@@ -186,16 +186,154 @@ def test_unsupported_folders_are_one_line_errors(tmp_path):
         assert "\n" not in str(e.value)
 
 
-def test_a_conditional_unet_is_refused_by_name(tmp_path):
-    UNet2DConditionModel(
+def test_a_conditional_unet_without_vae_is_refused_by_name(tmp_path):
+    tiny_sd_unet().save_pretrained(tmp_path / "sd" / "unet")
+    (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
+    with pytest.raises(UserError, match="holds a UNet2DConditionModel; .* with vae/ beside it"):
+        load_teacher(tmp_path / "sd")
+
+
+def tiny_sd_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(
         sample_size=8,
-        block_out_channels=(32, 64),
+        block_out_channels=(32, 32, 64, 64),
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=32,
         norm_num_groups=8,
-    ).save_pretrained(tmp_path / "sd" / "unet")
-    (tmp_path / "sd" / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
-    with pytest.raises(UserError, match="holds a UNet2DConditionModel; .* not supported yet"):
-        load_teacher(tmp_path / "sd")
+        attention_head_dim=4,
+    )
+
+
+def save_tiny_sd(folder: Path) -> Path:
+    """A Stable Diffusion pipeline folder of tiny random parts (VAE of 4 levels: latents at
+    1/8; UNet of 4 levels; CLIP text encoder and a tokenizer of a 28-token vocabulary),
+    written by StableDiffusionPipeline.save_pretrained."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    vocab_dir = folder.parent / (folder.name + "-vocab")
+    vocab_dir.mkdir(parents=True)
+    words = [c + "</w>" for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = {w: k for k, w in enumerate([*words, "<|startoftext|>", "<|endoftext|>"])}
+    (vocab_dir / "vocab.json").write_text(json.dumps(vocab))
+    (vocab_dir / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(
+        str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt"), model_max_length=8
+    )
+    eos = vocab["<|endoftext|>"]
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=8,
+            bos_token_id=vocab["<|startoftext|>"], eos_token_id=eos, pad_token_id=eos,
+        )
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
+    scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    StableDiffusionPipeline(
+        vae=vae, text_encoder=text, tokenizer=tokenizer, unet=tiny_sd_unet(),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    ).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    return save_tiny_sd(tmp_path_factory.mktemp("sd") / "sd")
+
+
+SD_STRIDES = [8, 16, 32]
+
+
+def test_stable_diffusion_folder_is_a_teacher(sd_folder):
+    from dreamteacher.teachers.latent import LatentDiffusionTeacher
+
+    teacher = load_teacher(sd_folder, t=[250], strides=SD_STRIDES)
+    assert isinstance(teacher, LatentDiffusionTeacher) and teacher.source.startswith("sd ")
+    # latents are 1/8 of the image: the 4 up blocks sit at image strides 64, 32, 16, 8
+    assert teacher.block_strides == [64, 32, 16, 8] and teacher.min_divisor == 64
+    assert teacher.channels == [32, 32, 64] and teacher.image_size == [64, 64]
+    assert teacher.tap_description() == [
+        "stride 8: up_blocks[3].attentions[-1]",
+        "stride 16: up_blocks[2].attentions[-1]",
+        "stride 32: up_blocks[1].attentions[-1]",
+    ]
+    assert_teacher_contract(teacher, 64, 64, strides=SD_STRIDES)
+    # the schedule is the folder's (scaled linear), the prompt the empty one (1 x 8 x 32)
+    betas = _scaled_linear(0.00085, 0.012)
+    abar = math.prod(1 - b for b in betas[:251])
+    assert abs(float(teacher.alphas_cumprod[250]) - abar) < 1e-6
+    assert teacher.prompt_embeds.shape == (1, 8, 32)
+    with pytest.raises(UserError, match=r"none is 4; read strides it has \(e.g. strides=\[8, 16"):
+        load_teacher(sd_folder)
+
+
+def test_stable_diffusion_features_by_hand(sd_folder):
+    """The maps equal a hand-run of the parts: VAE mean x scaling factor, noise at t by the
+    folder's schedule, a full UNet pass on the empty prompt, hooked at the taps."""
+    teacher = load_teacher(sd_folder, t=[250], strides=SD_STRIDES)
+    x = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(3)
+    feats = teacher(x)
+    torch.manual_seed(3)
+    t = torch.tensor([250, 250])[torch.randint(1, (2,))]
+    z = teacher.vae.encode(x * 2 - 1).latent_dist.mean * teacher.vae.config.scaling_factor
+    ab = teacher.alphas_cumprod[t].view(2, 1, 1, 1)
+    zt = ab.sqrt() * z + (1 - ab).sqrt() * torch.randn_like(z)
+    got, hooks = {}, []
+    for hk in teacher._hooks:
+        hk.remove()
+    for i in (1, 2, 3):
+        layer = teacher.unet.up_blocks[i].attentions[-1]
+        hooks.append(layer.register_forward_hook(lambda m, a, o, i=i: got.__setitem__(i, o[0])))
+    with torch.no_grad():
+        teacher.unet(zt, t, encoder_hidden_states=teacher.prompt_embeds.expand(2, -1, -1))
+    for f, i in zip(feats, (3, 2, 1), strict=True):
+        assert torch.allclose(f, got[i], atol=1e-5)
+
+
+def test_stable_diffusion_prompt_from_a_file(sd_folder, tmp_path):
+    """Without text_encoder/ and tokenizer/, prompt_embeds.pt gives the same teacher; without
+    either, a one-line error names both."""
+    import shutil
+
+    ref = load_teacher(sd_folder, strides=SD_STRIDES)
+    folder = tmp_path / "sd"
+    shutil.copytree(sd_folder, folder)
+    shutil.rmtree(folder / "text_encoder")
+    shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(UserError, match="no text_encoder/ and tokenizer/ .* prompt_embeds.pt"):
+        load_teacher(folder, strides=SD_STRIDES)
+    torch.save(ref.prompt_embeds.clone(), folder / "prompt_embeds.pt")
+    teacher = load_teacher(folder, strides=SD_STRIDES)
+    x = torch.rand(1, 3, 64, 64)
+    for a, b in zip(ref(x, keys=[5]), teacher(x, keys=[5]), strict=True):
+        assert torch.equal(a, b)
+    torch.save(torch.zeros(1, 8, 16), folder / "prompt_embeds.pt")
+    with pytest.raises(UserError, match="width 16, the UNet attends to 32"):
+        load_teacher(folder, strides=SD_STRIDES)
+
+
+def test_pretrain_from_a_stable_diffusion_folder(sd_folder, scenes, tmp_path):
+    """Distillation at strides 8-32 (the student's C3..C5) end to end, two steps."""
+    import dreamteacher as dt
+
+    run = dt.pretrain(
+        data=str(scenes), teacher=str(sd_folder), out=str(tmp_path / "pre"), strides=SD_STRIDES,
+        image_size=[64], batch_size=2, max_steps=2, epochs=1, device="cpu", log_every=1,
+    )  # fmt: skip
+    from tests.conftest import read_log
+
+    losses = [r["loss"] for r in read_log(run)]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)

@@ -59,8 +59,7 @@ class PeakTensorBytes(TorchDispatchMode):
 def _level_view(teacher: Teacher, stride: int) -> Teacher:
     """The same teacher read at one stride only: its pass stops after that level."""
     if isinstance(teacher, DiffusionTeacher):
-        view = DiffusionTeacher(teacher.unet, teacher.scheduler, teacher.t, [stride])
-        return view.to(teacher.alphas_cumprod.device)
+        return teacher.view([stride])
     return teacher  # a teacher without early exit: every level costs a whole encoding
 
 

@@ -2,6 +2,7 @@
 "Teacher")."""
 
 from dreamteacher.teachers import diffusion as _diffusion  # noqa: F401  (registers entries)
+from dreamteacher.teachers import latent as _latent  # noqa: F401  (registers its loader)
 from dreamteacher.teachers.base import (
     Teacher,
     create_teacher,

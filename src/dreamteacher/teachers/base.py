@@ -93,13 +93,18 @@ def register_teacher(name: str):
     return deco
 
 
-def register_loader(predicate: Callable[[Path], bool], files: Callable[[Path], list[Path]]):
+def register_loader(
+    predicate: Callable[[Path], bool],
+    files: Callable[[Path], list[Path]],
+    before_others: bool = False,
+):
     """Decorator: `fn(folder, **kw) -> Teacher` loads the folders `predicate` accepts;
-    `files(folder)` lists the files it reads (what a cached result depends on)."""
+    `files(folder)` lists the files it reads (what a cached result depends on). Loaders are
+    tried in order; `before_others` puts this one first (a narrower kind of folder)."""
 
     def deco(fn: Callable[..., Teacher]) -> Callable[..., Teacher]:
         fn.files = files
-        _LOADERS.append((predicate, fn))
+        _LOADERS.insert(0 if before_others else len(_LOADERS), (predicate, fn))
         return fn
 
     return deco

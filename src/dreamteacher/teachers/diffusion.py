@@ -117,7 +117,10 @@ class DiffusionTeacher(Teacher):
         t: list[int] | int = tuple(T),
         strides: list[int] = tuple(STRIDES),
         image_size: list[int] | None = None,
+        latent_stride: int = 1,
     ):
+        """`latent_stride`: how many image pixels one UNet input pixel spans (1 in pixel
+        space, 8 for Stable Diffusion's latents); strides are always relative to the image."""
         super().__init__()
         self.image_size = None if image_size is None else list(image_size)  # trained at
         self.unet = unet.eval().requires_grad_(False)
@@ -131,7 +134,8 @@ class DiffusionTeacher(Teacher):
         )
         boc = list(unet.config.block_out_channels)
         n = len(boc)
-        self.block_strides = [2 ** (n - 1 - i) for i in range(n)]  # up block i
+        self.latent_stride = latent_stride
+        self.block_strides = [latent_stride * 2 ** (n - 1 - i) for i in range(n)]  # up block i
         self.block_channels = list(reversed(boc))
         self.strides = [int(s) for s in strides]
         self.channels, self.taps, self.derived = [], [], {}
@@ -146,11 +150,12 @@ class DiffusionTeacher(Teacher):
                 self.taps.append(0)
                 self.channels.append(self.block_channels[0])
             else:
+                ok = [v for v in self.strides if v >= min(self.block_strides)]
                 raise UserError(
-                    f"the UNet has decoder strides {self.block_strides}, none is {s}; "
-                    "use a UNet with more levels"
+                    f"the UNet has decoder strides {self.block_strides}, none is {s}; read "
+                    f"strides it has (e.g. strides={ok}) or use a UNet with more levels"
                 )
-        self.min_divisor = 2 ** (n - 1)
+        self.min_divisor = latent_stride * 2 ** (n - 1)
         self._last = max(self.taps)  # up blocks run coarse -> fine: stop after the finest tap
         self.plain = not any(hasattr(b, "skip_conv") for b in unet.down_blocks) and all(
             type(b).__name__ in PLAIN_UP_BLOCKS for b in unet.up_blocks[: self._last + 1]
@@ -170,7 +175,7 @@ class DiffusionTeacher(Teacher):
         def fn(_module, _inp, out):
             if not self._running:  # another teacher on the same UNet is encoding
                 return
-            self._store[i] = out[0] if isinstance(out, tuple) else out
+            self._store[i] = out if torch.is_tensor(out) else out[0]  # (tuple or model output)
             if i == self._last:
                 raise _Stop
 
@@ -210,7 +215,7 @@ class DiffusionTeacher(Teacher):
         """Any UNet2DModel: a full forward read by hooks, stopped after the finest tap."""
         self._store, self._running = {}, True
         try:
-            self.unet(xt, t)
+            self.unet(xt, t, **self.conditioning(len(xt)))
         except _Stop:
             pass
         finally:
@@ -240,12 +245,27 @@ class DiffusionTeacher(Teacher):
             out.append(f"stride {s}: " + (f"avg_pool({src})" if s in self.derived else src))
         return out
 
+    def view(self, strides: list[int]) -> DiffusionTeacher:
+        """The same teacher (shared modules) read at `strides` only."""
+        v = DiffusionTeacher(
+            self.unet, self.scheduler, self.t, strides, self.image_size, self.latent_stride
+        )
+        return v.to(self.alphas_cumprod.device)
+
+    def conditioning(self, batch: int) -> dict[str, Any]:
+        """Keyword arguments of the UNet's call besides x_t and t (none: unconditional)."""
+        return {}
+
+    def clean(self, x: torch.Tensor) -> torch.Tensor:
+        """What the UNet denoises, from images in [0, 1]: the image in [-1, 1]."""
+        return x * 2 - 1
+
     def features(self, x: torch.Tensor, keys: list[int] | None = None) -> list[torch.Tensor]:
         """x # B, 3, H, W in [0, 1] -> list of # B, C_l, H/s_l, W/s_l. With `keys` (one int per
         sample) each sample's t and noise come from its key; else from the global RNG."""
         B, _, H, W = x.shape
         check_divisible([H, W], self.min_divisor)
-        x0 = x * 2 - 1
+        x0 = self.clean(x)  # B, C, H / latent_stride, W / latent_stride
         ts = torch.tensor(self.t, device=x.device)
         if keys is None:
             t = ts[torch.randint(len(self.t), (B,), device=x.device)]  # one t per sample
@@ -395,8 +415,8 @@ def _load_unet(unet_dir: Path) -> UNet2DModel:
     name = cfg.get("_class_name", "UNet2DModel")
     if name != "UNet2DModel":
         raise UserError(
-            f"{unet_dir} holds a {name}; a teacher needs a pixel-space UNet2DModel (latent "
-            "models such as Stable Diffusion are not supported yet)"
+            f"{unet_dir} holds a {name}; a pixel-space teacher needs a UNet2DModel, and a "
+            "Stable Diffusion folder a UNet2DConditionModel with vae/ beside it"
         )
     try:
         unet = UNet2DModel.from_pretrained(unet_dir, low_cpu_mem_usage=False)
