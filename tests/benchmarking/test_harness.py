@@ -322,3 +322,27 @@ def test_a_given_teacher_folder_replaces_the_teacher_cell(tmp_path):
     assert len(list(cells.glob("pretrain-dreamteacher-*"))) == 2
     with pytest.raises(UserError, match="holds no teacher"):
         dt.benchmark(str(data), str(tmp_path / "b4"), teacher=str(tmp_path / "data"), **kw)
+
+
+def test_dt_strides_reach_every_teacher_reading_cell(tmp_path):
+    """dt_strides=[8,16,32] (a teacher without a stride-4 level) goes into the distillation
+    cells' settings (and, through `levels()`, the feature-cache and teacher-side cells'); at
+    the default it is left out, so cells computed before the key existed keep their keys."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from dreamteacher.benchmarking.run import Benchmark
+    from dreamteacher.data.synthetic import make_scenes
+    from dreamteacher.teachers.diffusion import unet_kwargs
+
+    data = make_scenes(tmp_path / "data", n=12, image_size=(32, 48))
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=[32, 48], in_channels=3, out_channels=3, **unet_kwargs("tiny"))
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    kw = dict(data=str(data), out=str(tmp_path / "b"), teacher=str(tmp_path / "ddpm"))
+    default = Benchmark(build_benchmark_config("smoke", **kw))
+    assert "strides" not in default._distillation() and default.levels() == {}
+    sd = Benchmark(build_benchmark_config("smoke", dt_strides=[8, 16, 32], **kw))
+    assert sd._distillation()["strides"] == [8, 16, 32]
+    assert sd.levels() == {"strides": [8, 16, 32]}
+    assert sd._distillation()["teacher"].key == default._distillation()["teacher"].key

@@ -12,6 +12,7 @@ from typing import Any
 from dreamteacher.config import (
     DDPM_SEG_T,
     LOGIT_HEADS,
+    STRIDES,
     BaselineConfig,
     DDPMSegConfig,
     FinetuneConfig,
@@ -71,6 +72,8 @@ class BenchmarkConfig:
     pretrain_batch_size: int = 16
     dt_lr: float = PretrainConfig.lr
     dt_t: list[int] = field(default_factory=lambda: list(T))
+    # the teacher levels read (e.g. [8, 16, 32] for Stable Diffusion, docs/teachers.md)
+    dt_strides: list[int] = field(default_factory=lambda: list(STRIDES))
     dt_lambda_at: float = PretrainConfig.lambda_at
     dt_at_source: str = PretrainConfig.at_source  # regressor | backbone (docs/method.md)
     dt_feature_cache: int = 0  # > 0: the dreamteacher, dt-mix and dt-label rows read their

@@ -52,6 +52,7 @@ from dreamteacher.benchmarking.report import (
     plot,
     results_table,
 )
+from dreamteacher.config import STRIDES
 from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.dataspec import resolved_data
 from dreamteacher.errors import UserError
@@ -206,6 +207,12 @@ class Benchmark:
         rec = self.teacher()
         return CellRef(rec) if rec.get("given") else CellRef(rec, "run")
 
+    def levels(self) -> dict[str, Any]:
+        """The teacher-reading cells' `strides`, named only when not the default (so the
+        keys of cells computed before dt_strides existed are unchanged)."""
+        strides = list(self.cfg.dt_strides)
+        return {} if strides == list(STRIDES) else {"strides": strides}
+
     def feature_cache(self) -> Record:
         """K encodings per pretraining image (dt_feature_cache=K), computed once for the
         dreamteacher, dt-mix and dt-label rows."""
@@ -218,6 +225,7 @@ class Benchmark:
                 "teacher": self.teacher_ref(),
                 "splits": self.splits,
                 "t": cfg.dt_t,
+                **self.levels(),
                 "draws": cfg.dt_feature_cache,
                 "batch_size": cfg.pretrain_batch_size,
             }
@@ -243,6 +251,7 @@ class Benchmark:
             "teacher": self.teacher_ref(),
             "lr": cfg.dt_lr,
             "t": cfg.dt_t,
+            **self.levels(),
             "lambda_at": cfg.dt_lambda_at,
             "at_source": cfg.dt_at_source,
         }
@@ -322,6 +331,7 @@ class Benchmark:
         print(f"benchmark: {name} N{n}-seed{seed}")
         teacher = self.teacher_ref()
         kw = {**self.base, "teacher": teacher, "labels": self.labelled(n), "seed": seed, **kw}
+        kw |= self.levels()
         kw["eval_split"] = self.cfg.eval_split
         key, stage = f"{name}-N{n}-seed{seed}", f"{name} N{n}-seed{seed}"
         return self._cell(key, command, kw, stage, cleanup=cleanup, after=_metrics)
