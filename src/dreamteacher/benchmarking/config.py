@@ -95,9 +95,9 @@ class BenchmarkConfig:
     interpreter_channels: int = InterpreterConfig.channels
     lambda_ld: float = PretrainConfig.lambda_ld
     tau: float = PretrainConfig.tau
-    dt_logit_head: str = (
-        PretrainConfig.logit_head
-    )  # the dt-mix / dt-label students' logit head: uper | light
+    # the dt-mix / dt-label students' logit head: uper | light. light was chosen on CamVid's
+    # val split (docs/benchmarks.md, "The light logit head"): as good there, and cheaper
+    dt_logit_head: str = "light"
     # DDPM-seg (Baranchuk et al. 2022)
     ddpm_seg_t: list[int] = field(default_factory=lambda: list(DDPM_SEG_T))
     ddpm_seg_steps: int = 500
