@@ -139,11 +139,12 @@ def test_label_distillation_rows_end_to_end_and_cached(tmp_path):
     assert "| interpreter |" in md and "| ddpm-seg |" in md and "teacher-side" in md
     again = dt.benchmark(str(data), str(tmp_path / "b"), interpreter_max_steps=4, **kw)
     assert again["cells_computed"] == 1 + 2 + 2
-    # the light logit head: only the dt-mix and dt-label pretrainings and their evaluations
-    light = dt.benchmark(
-        str(data), str(tmp_path / "b"), interpreter_max_steps=4, dt_logit_head="light", **kw
+    # the other logit head (uper; light is the default): only the dt-mix and dt-label
+    # pretrainings and their evaluations
+    uper = dt.benchmark(
+        str(data), str(tmp_path / "b"), interpreter_max_steps=4, dt_logit_head="uper", **kw
     )
-    assert light["cells_computed"] == 2 + 2
+    assert uper["cells_computed"] == 2 + 2
     assert len(list(cells.glob("pretrain-dt-mix-N4-seed0-*"))) == 3
     for row in ("dt-mix", "dt-label"):
         heads = sorted(
@@ -152,11 +153,12 @@ def test_label_distillation_rows_end_to_end_and_cached(tmp_path):
             for line in (d / "run" / "config.yaml").read_text().splitlines()
             if line.startswith("logit_head:")
         )
-        assert heads == ["light", "uper", "uper"], row  # interpreter_max_steps 6, 4; light
-    assert "logit head was `light`" in (tmp_path / "b" / "results.md").read_text()
+        assert heads == ["light", "light", "uper"], row  # interpreter_max_steps 6, 4; uper
+    assert "logit head was" not in (tmp_path / "b" / "results.md").read_text()
     # the default head finds its cells again: nothing is recomputed
     again = dt.benchmark(str(data), str(tmp_path / "b"), interpreter_max_steps=4, **kw)
     assert again["cells_computed"] == 0
+    assert "logit head was `light`" in (tmp_path / "b" / "results.md").read_text()
 
 
 def test_dreamteacher_rows_from_a_feature_cache(tmp_path):

@@ -517,7 +517,8 @@ def format_results(r: dict[str, Any]) -> str:
             f"{c['dt_feature_cache']} encodings per image (`dt_feature_cache`), not encoded "
             "at every step.\n\n"
         )
-    if c.get("dt_logit_head", "uper") != "uper":
+    distilled = set(c["methods"]) & {"dt-mix", "dt-label"}
+    if distilled and c.get("dt_logit_head", "uper") != "uper":
         head += (
             f"The dt-mix and dt-label students' logit head was `{c['dt_logit_head']}` "
             "(`dt_logit_head`), not UPerNet's 3x3 fusion.\n\n"
