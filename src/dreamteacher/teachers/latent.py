@@ -12,7 +12,6 @@ computed once from the folder's text encoder and tokenizer (transformers), or re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 from dreamteacher.config import STRIDES, T
 from dreamteacher.errors import UserError
 from dreamteacher.teachers.base import register_loader
-from dreamteacher.teachers.diffusion import DiffusionTeacher, load_scheduler
+from dreamteacher.teachers.diffusion import DiffusionTeacher, _read_json, load_scheduler
 
 PROMPT_FILE = "prompt_embeds.pt"  # the empty prompt's embedding, when there is no text encoder
 
@@ -54,13 +53,9 @@ class LatentDiffusionTeacher(DiffusionTeacher):
 
 
 def _is_sd(path: Path) -> bool:
-    cfg = path / "unet" / "config.json"
-    if not (path / "vae" / "config.json").exists() or not cfg.exists():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("_class_name") == "UNet2DConditionModel"
-    except ValueError:
-        return False
+    cfg = _read_json(path / "unet" / "config.json") or {}
+    is_sd = cfg.get("_class_name") == "UNet2DConditionModel"
+    return is_sd and (path / "vae" / "config.json").exists()
 
 
 def sd_files(path: Path) -> list[Path]:
