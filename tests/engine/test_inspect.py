@@ -135,3 +135,31 @@ def load_unet(folder):
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel.from_pretrained(folder / "unet")
+
+
+def test_inspect_an_adm_folder(tmp_path):
+    """An ADM checkpoint: its layers by output block, the schedule its flags name."""
+    from tests.teachers.test_adm import (
+        COMMON_FLAGS,
+        DESIGNS,
+        diffusers_unet,
+        save_adm,
+        to_adm_checkpoint,
+    )
+
+    flags = f"{COMMON_FLAGS} {DESIGNS['resblock_updown']['flags']} --noise_schedule cosine"
+    state = to_adm_checkpoint(diffusers_unet("resblock_updown"), legacy_head_dim=32)
+    folder = save_adm(tmp_path / "adm", state, flags)
+    info = dt.inspect_teacher(teacher=str(folder), device="cpu", repeats=1, strides=[1, 2, 4])
+    assert (info["kind"], info["model"]) == ("adm", "ADMUNet")
+    assert info["image_size"] == info["trained_size"] == [32, 32]
+    assert info["parameters"] == sum(v.numel() for v in state.values())
+    assert info["scheduler"]["beta_schedule"] == "squaredcos_cap_v2"
+    assert info["scheduler"]["prediction_type"] == "epsilon"
+    # two levels of 1 res block: output blocks 0-1 at stride 2, 2-3 at stride 1
+    assert [lv["layer"] for lv in info["levels"]] == [
+        "output_blocks[3] before its upsampler",
+        "output_blocks[1] before its upsampler",
+        "avg_pool(output_blocks[1] before its upsampler)",
+    ]
+    assert [lv["map"] for lv in info["levels"]] == [[32, 32], [16, 16], [8, 8]]

@@ -1,6 +1,7 @@
 """Teachers: generative models read as multi-scale feature extractors (docs/method.md,
 "Teacher")."""
 
+from dreamteacher.teachers import adm as _adm  # noqa: F401  (registers its loader)
 from dreamteacher.teachers import diffusion as _diffusion  # noqa: F401  (registers entries)
 from dreamteacher.teachers import latent as _latent  # noqa: F401  (registers its loader)
 from dreamteacher.teachers.base import (

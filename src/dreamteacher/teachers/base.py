@@ -130,15 +130,16 @@ def load_teacher(path: str | Path, **kwargs: Any) -> Teacher:
     path = Path(path)
     if not path.is_dir():
         raise UserError(
-            f"teacher {path} is not a folder; pass the --out folder of train-teacher or a "
-            "diffusers pipeline or UNet folder"
+            f"teacher {path} is not a folder; pass the --out folder of train-teacher, a "
+            "diffusers pipeline or UNet folder, or a folder of an ADM .pt and its flags.txt"
         )
     for pred, loader in _LOADERS:
         if pred(path):
             return loader(path, **kwargs)
     raise UserError(
         f"{path} holds no teacher (expected unet/config.json of a train-teacher run or a "
-        "diffusers pipeline, or the config.json of a UNet2DModel folder); run train-teacher first"
+        "diffusers pipeline, the config.json of a UNet2DModel folder, or an ADM .pt with its "
+        "flags.txt); run train-teacher first"
     )
 
 

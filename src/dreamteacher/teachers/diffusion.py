@@ -122,8 +122,35 @@ class DiffusionTeacher(Teacher):
         """`latent_stride`: how many image pixels one UNet input pixel spans (1 in pixel
         space, 8 for Stable Diffusion's latents); strides are always relative to the image."""
         super().__init__()
-        self.image_size = None if image_size is None else list(image_size)  # trained at
+        self._set_schedule(scheduler, t, image_size)
         self.unet = unet.eval().requires_grad_(False)
+        boc = list(unet.config.block_out_channels)
+        n = len(boc)
+        self.latent_stride = latent_stride
+        self.block_strides = [latent_stride * 2 ** (n - 1 - i) for i in range(n)]  # up block i
+        self.block_channels = list(reversed(boc))
+        self._plan_levels(strides)
+        self.min_divisor = latent_stride * 2 ** (n - 1)
+        self._last = max(self.taps)  # up blocks run coarse -> fine: stop after the finest tap
+        self.plain = not any(hasattr(b, "skip_conv") for b in unet.down_blocks) and all(
+            type(b).__name__ in PLAIN_UP_BLOCKS for b in unet.up_blocks[: self._last + 1]
+        )
+        self._encode = self._forward_taps if self.plain else self._forward_hooked
+        self._hooks = []
+        self._store: dict[int, torch.Tensor] = {}
+        self._running = False  # hooks act only during this teacher's own pass
+        if not self.plain:
+            for i in sorted(set(self.taps)):
+                blk = unet.up_blocks[i]
+                attns = getattr(blk, "attentions", None)
+                layer = attns[-1] if attns is not None and len(attns) else blk.resnets[-1]
+                self._hooks.append(layer.register_forward_hook(self._hook(i)))
+
+    def _set_schedule(
+        self, scheduler: Any, t: list[int] | int, image_size: list[int] | None
+    ) -> None:
+        """t, the noise schedule (alphas_cumprod) and the training resolution."""
+        self.image_size = None if image_size is None else list(image_size)  # trained at
         self.scheduler = scheduler
         self.t = [int(v) for v in ([t] if isinstance(t, int) else t)]
         steps = scheduler.config.num_train_timesteps
@@ -132,11 +159,10 @@ class DiffusionTeacher(Teacher):
         self.register_buffer(
             "alphas_cumprod", scheduler.alphas_cumprod.clone().float(), persistent=False
         )
-        boc = list(unet.config.block_out_channels)
-        n = len(boc)
-        self.latent_stride = latent_stride
-        self.block_strides = [latent_stride * 2 ** (n - 1 - i) for i in range(n)]  # up block i
-        self.block_channels = list(reversed(boc))
+
+    def _plan_levels(self, strides: list[int]) -> None:
+        """Which decoder level (`taps`) serves each wanted stride, from `block_strides` and
+        `block_channels` (decoder level i, coarse to fine); coarser strides are `derived`."""
         self.strides = [int(s) for s in strides]
         self.channels, self.taps, self.derived = [], [], {}
         coarsest = max(self.block_strides)
@@ -155,21 +181,6 @@ class DiffusionTeacher(Teacher):
                     f"the UNet has decoder strides {self.block_strides}, none is {s}; read "
                     f"strides it has (e.g. strides={ok}) or use a UNet with more levels"
                 )
-        self.min_divisor = latent_stride * 2 ** (n - 1)
-        self._last = max(self.taps)  # up blocks run coarse -> fine: stop after the finest tap
-        self.plain = not any(hasattr(b, "skip_conv") for b in unet.down_blocks) and all(
-            type(b).__name__ in PLAIN_UP_BLOCKS for b in unet.up_blocks[: self._last + 1]
-        )
-        self._encode = self._forward_taps if self.plain else self._forward_hooked
-        self._hooks = []
-        self._store: dict[int, torch.Tensor] = {}
-        self._running = False  # hooks act only during this teacher's own pass
-        if not self.plain:
-            for i in sorted(set(self.taps)):
-                blk = unet.up_blocks[i]
-                attns = getattr(blk, "attentions", None)
-                layer = attns[-1] if attns is not None and len(attns) else blk.resnets[-1]
-                self._hooks.append(layer.register_forward_hook(self._hook(i)))
 
     def _hook(self, i: int):
         def fn(_module, _inp, out):
