@@ -14,6 +14,7 @@ from dreamteacher.errors import UserError
 from dreamteacher.teachers import DiffusionTeacher, load_teacher, teacher_files
 from dreamteacher.teachers.adm import (
     ADMFlags,
+    ADMTeacher,
     ADMUNet,
     Attention,
     adm_betas,
@@ -358,3 +359,20 @@ def test_pretrain_from_an_adm_folder_through_the_cli(scenes, tmp_path):
     losses = [r["loss"] for r in read_log(out)]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     assert f"teacher: {folder}" in (out / "config.yaml").read_text()
+
+
+def test_rescaled_timesteps_reach_the_network_on_a_1000_scale():
+    """improved-diffusion's --rescale_timesteps: with 4000 steps the network sees t / 4."""
+    torch.manual_seed(0)
+    kw = dict(image_size=32, num_channels=32, channel_mult="1,2", num_res_blocks=1,
+              diffusion_steps=4000, noise_schedule="cosine")  # fmt: skip
+    unet = ADMUNet(ADMFlags(**kw, rescale_timesteps=True))
+    teacher = ADMTeacher(unet, t=[400], strides=[1, 2])
+    xt, t = torch.randn(1, 3, 32, 32), torch.tensor([400])
+    got = teacher._forward_taps(xt, t)
+    with torch.no_grad():
+        want = unet.decoder_levels(xt, torch.tensor([100.0]), 1)
+        raw = unet.decoder_levels(xt, t, 1)
+    # got: strides 1, 2 (taps 1, 0); decoder_levels: coarse to fine
+    assert torch.allclose(got[0], want[1]) and torch.allclose(got[1], want[0])
+    assert not torch.allclose(got[0], raw[1], atol=1e-3)
