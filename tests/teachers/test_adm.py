@@ -18,6 +18,7 @@ from dreamteacher.teachers.adm import (
     ADMUNet,
     Attention,
     adm_betas,
+    adm_scheduler,
     adm_state_dict,
     parse_flags,
 )
@@ -45,6 +46,15 @@ def test_flags_from_a_readme_line():
     assert f.attention_strides() == {8, 16, 32}
     assert not f.use_new_attention_order and f.num_heads_upsample == -1  # defaults
     assert parse_flags("--num_heads_upsample=-1 --image_size 64").mults() == [1, 2, 3, 4]
+    # improved-diffusion's CIFAR-10 flags; the classifier's flags of a sampling command skipped
+    cifar = parse_flags(
+        "--image_size 32 --num_channels 128 --num_res_blocks 3 --learn_sigma False "
+        "--dropout 0.3 --diffusion_steps 4000 --noise_schedule cosine --rescale_timesteps True "
+        "--sigma_small True --classifier_depth 4 --classifier_scale 1.0"
+    )
+    assert cifar.mults() == [1, 2, 2, 2] and cifar.rescale_timesteps and cifar.sigma_small
+    assert adm_scheduler(cifar).config.variance_type == "fixed_small"  # beta-tilde
+    assert adm_scheduler(ADMFlags()).config.variance_type == "fixed_large"
 
 
 @pytest.mark.parametrize(

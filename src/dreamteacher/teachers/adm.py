@@ -49,10 +49,11 @@ FLAGS_FILE = "flags.txt"
 # flags of the training and sampling scripts that do not change the network or the schedule
 IGNORED_FLAGS = {
     "dropout", "use_fp16", "use_checkpoint", "timestep_respacing", "use_kl",
-    "rescale_learned_sigmas", "sigma_small", "batch_size", "num_samples", "use_ddim",
+    "rescale_learned_sigmas", "batch_size", "num_samples", "use_ddim",
     "clip_denoised", "model_path", "lr", "weight_decay", "lr_anneal_steps", "microbatch",
     "ema_rate", "log_interval", "save_interval", "resume_checkpoint", "fp16_scale_growth",
-    "schedule_sampler", "data_dir", "classifier_path", "classifier_scale",
+    "schedule_sampler", "data_dir", "anneal_lr", "iterations", "base_samples",
+    "large_size", "small_size",
 }  # fmt: skip
 
 
@@ -62,6 +63,7 @@ DEFAULT_MULTS = {
     256: [1, 1, 2, 2, 4, 4],
     128: [1, 1, 2, 3, 4],
     64: [1, 2, 3, 4],
+    32: [1, 2, 2, 2],  # improved-diffusion's choice (CIFAR-10)
 }
 
 
@@ -85,7 +87,8 @@ class ADMFlags:
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
     predict_xstart: bool = False
-    rescale_timesteps: bool = False
+    rescale_timesteps: bool = False  # improved-diffusion's scripts default to True
+    sigma_small: bool = False  # the sampler's fixed variance: posterior beta-tilde, else beta_t
 
     def mults(self) -> list[float]:
         """Width of each level as a multiple of num_channels (level 0 = full resolution)."""
@@ -113,7 +116,7 @@ def parse_flags(text: str, file: Path | str = FLAGS_FILE) -> ADMFlags:
             if i >= len(words):
                 raise UserError(f"{file}: --{name} has no value; write --{name} VALUE")
             value, i = words[i], i + 1
-        if name in IGNORED_FLAGS:
+        if name in IGNORED_FLAGS or name.startswith("classifier_"):
             continue
         if name not in fields:
             raise UserError(
@@ -188,7 +191,9 @@ def adm_scheduler(flags: ADMFlags) -> DDPMScheduler:
         trained_betas=adm_betas(flags).tolist(),
         beta_schedule="linear" if flags.noise_schedule == "linear" else "squaredcos_cap_v2",
         prediction_type="sample" if flags.predict_xstart else "epsilon",
-        variance_type="learned_range" if flags.learn_sigma else "fixed_small",
+        variance_type="learned_range"
+        if flags.learn_sigma
+        else ("fixed_small" if flags.sigma_small else "fixed_large"),
     )
 
 
