@@ -45,7 +45,10 @@ FLAGS: dict[str, str] = {
         f"standard dataset as downloaded (KIND: {', '.join(KINDS)}; docs/data.md)"
     ),
     "out": "folder to write",
-    "teacher": "train-teacher run, diffusers pipeline (DDPM, DDIM, ...) or UNet2DModel folder",
+    "teacher": (
+        "train-teacher run, or a folder of a diffusers pipeline (DDPM, DDIM, ...), UNet2DModel, "
+        "Stable Diffusion or ADM checkpoint (.pt + flags.txt)"
+    ),
     "t": "diffusion step(s) t at which the teacher is read",
     "backbone": "timm model name, e.g. resnet50",
     "weights": "exported backbone folder, or 'scratch'",
@@ -101,6 +104,7 @@ class TrainOptions(Common):
     sync_bn: bool = False  # SyncBatchNorm under DDP (CUDA only)
     compile: bool = False  # torch.compile the trained model
     max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
+    logger: str = "jsonl"  # jsonl | tensorboard (the same records also as TensorBoard events)
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """A run's files: atomic writes (a reader never sees half a file, a failed write keeps the old
-one), the run folder (config.yaml, metrics.jsonl, checkpoints with resume) and progress bars."""
+one), the run folder (config.yaml, metrics.jsonl, optional TensorBoard events, checkpoints with
+resume) and progress bars."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -98,8 +100,24 @@ def atomic_json(obj: Any, path: str | Path) -> None:
     atomic_write(path, w)
 
 
+LOGGERS = ("jsonl", "tensorboard")  # what `logger=` takes; jsonl is always written
+
+
+def _summary_writer() -> Any:
+    """torch's TensorBoard writer class (a one-line error without the tensorboard package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "logger=tensorboard needs the tensorboard package: pip install tensorboard (or "
+            "pip install 'dreamteacher[tensorboard]'), or set logger=jsonl"
+        ) from None
+    return SummaryWriter
+
+
 class Run:
-    """A run folder: config.yaml, metrics.jsonl, checkpoints/step_*.pt."""
+    """A run folder: config.yaml, metrics.jsonl, checkpoints/step_*.pt, and with
+    `logger=tensorboard` the same scalars (and images) as TensorBoard events in tensorboard/."""
 
     def __init__(
         self, out: str | Path, cfg: Any, keep: int = 2, rank: int = 0, world_size: int = 1
@@ -111,6 +129,14 @@ class Run:
         self.world_size = world_size  # a run resumes on as many processes as it started on
         self.ckpt_dir = self.dir / "checkpoints"
         self.metrics_path = self.dir / "metrics.jsonl"
+        self.logger = getattr(cfg, "logger", "jsonl")
+        if self.logger not in LOGGERS:
+            raise UserError(f"unknown logger '{self.logger}'; choose one of {', '.join(LOGGERS)}")
+        if self.logger == "tensorboard":
+            _summary_writer()  # fail now, not at the first log
+        self.board_dir = self.dir / "tensorboard"
+        self._board: Any = None
+        self._purge_step: int | None = None  # events from this step on are dropped (resume)
         if self.checkpoints() and not getattr(cfg, "resume", False):  # checked on every rank
             raise UserError(
                 f"{self.dir} already holds checkpoints of a run; pass --resume to continue "
@@ -126,6 +152,7 @@ class Run:
                 ) from None
             if not getattr(cfg, "resume", False):
                 self.metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+                shutil.rmtree(self.board_dir, ignore_errors=True)
             save_config(cfg, self.dir / "config.yaml")
             for stale in self.ckpt_dir.glob(".*.tmp") if self.ckpt_dir.exists() else []:
                 stale.unlink(missing_ok=True)  # left by a run killed while writing
@@ -134,10 +161,35 @@ class Run:
         return sorted(self.ckpt_dir.glob("step_*.pt")) if self.ckpt_dir.exists() else []
 
     def log(self, record: dict[str, Any]) -> None:
+        """One line of metrics.jsonl; with logger=tensorboard each number also as a scalar at
+        the record's step."""
         if self.rank != 0:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        board = self.board()
+        if board is not None:
+            step = int(record.get("step", 0))
+            for k, v in record.items():
+                if k != "step" and isinstance(v, int | float) and not isinstance(v, bool):
+                    board.add_scalar(k, v, step)
+            board.flush()
+
+    def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
+        """An image (# 3, H, W in [0, 1]) in the TensorBoard events (nothing with jsonl: images
+        are files of the run folder)."""
+        board = self.board() if self.rank == 0 else None
+        if board is not None:
+            board.add_image(tag, image.clamp(0, 1), step)
+            board.flush()
+
+    def board(self) -> Any:
+        """The TensorBoard writer (rank 0, logger=tensorboard), else None."""
+        if self.logger != "tensorboard" or self.rank != 0:
+            return None
+        if self._board is None:
+            self._board = _summary_writer()(str(self.board_dir), purge_step=self._purge_step)
+        return self._board
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         if self.rank != 0:
@@ -180,6 +232,7 @@ class Run:
         "strict",
         "max_bad_steps",
         "compile",
+        "logger",
     }
 
     # settings that name a file or folder: compared as resolved paths, so that a run resumes
@@ -224,6 +277,7 @@ class Run:
             )
 
     def _truncate_metrics(self, step: int) -> None:
+        self._purge_step = step + 1  # TensorBoard: drop the events logged after `step` too
         if self.rank != 0 or not self.metrics_path.exists():
             return
         keep = []

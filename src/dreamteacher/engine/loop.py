@@ -224,7 +224,8 @@ def optimize(
             done = step + 1
             if done % cfg.log_every == 0 or done == total:  # host syncs only when logging
                 logs = dist.mean_over_ranks({k: float(v) for k, v in terms.items()}, env)
-                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                rate = (done - start) * global_batch / max(time.time() - t0, 1e-9)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{rate:.1f}")
                 if ok:
                     record: dict[str, Any] = {"step": done, "lr": lr, **logs}
                     if steps_per_epoch:

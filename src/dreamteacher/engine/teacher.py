@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
+from torchvision.utils import make_grid, save_image
 
 from dreamteacher.config import TeacherConfig
 from dreamteacher.data import unlabeled_images
@@ -79,9 +79,11 @@ def train_teacher(cfg: TeacherConfig) -> Path:
                 seed=cfg.seed,
                 device=s.device,
             )
+            nrow = int(cfg.num_samples**0.5)
+            run.log_image("samples", make_grid(grid, nrow=nrow), cfg.steps)
             atomic_write(
                 run.dir / "samples.png",
-                lambda tmp: save_image(grid, tmp, nrow=int(cfg.num_samples**0.5), format="png"),
+                lambda tmp: save_image(grid, tmp, nrow=nrow, format="png"),
             )
             print(f"teacher saved to {run.dir / 'unet'}; samples in {run.dir / 'samples.png'}")
         return run.dir
