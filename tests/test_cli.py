@@ -13,7 +13,7 @@ COMMON = {"data", "out", "image_size", "batch_size", "seed", "device", "strict",
 COMMON |= {"save_every"}
 # each command's flags, as generated from its config's fields named in config.FLAGS
 FLAGS = {
-    "train-teacher": COMMON | {"steps", "preset"},
+    "train-teacher": COMMON | {"steps", "preset", "kind"},
     "pretrain": COMMON | {"epochs", "teacher", "t", "backbone", "mode", "interpreter"},
     "cache-features": COMMON | {"teacher", "t"},
     "finetune": COMMON | {"steps", "labels", "backbone", "weights"},
@@ -39,7 +39,7 @@ FLAGS = {
 def test_every_command_has_its_flags():
     _, flags = cli.build_parser()
     assert {k: set(v) for k, v in flags.items()} == FLAGS
-    assert set(cli.COMMANDS) == set(FLAGS) | {"export", "convert"}
+    assert set(cli.COMMANDS) == set(FLAGS) | {"export", "convert", "report"}
 
 
 def test_list_flag_takes_the_leading_integers():

@@ -35,3 +35,5 @@ def test_demo_runs_every_stage_with_its_settings(tmp_path):
     assert (ft["labels"], ft["steps"], ft["weights"]) == (4, 2, str(out / "backbone"))
     assert (out / "teacher" / "samples.png").exists()
     assert "| dreamteacher |" in (out / "results.md").read_text()
+    for run in ("teacher", "pretrain", "finetune_dreamteacher", "finetune_scratch"):
+        assert (out / run / "report.html").stat().st_size > 10_000  # figures embedded

@@ -62,6 +62,20 @@ def test_tensorboard_events_repeat_the_log_and_are_rewound_on_resume(
     assert {e.step: e.value for e in loss if e.step <= 3} == pytest.approx(
         {k: v for k, v in first.items() if k <= 3}
     )
+    (features,) = _board(run, "Images", "features")  # the resumed run's; the first's dropped
+    assert features.step == 8 and features.width > 200
+
+
+def test_segmentation_examples_reach_tensorboard(scenes, tmp_path):
+    import dreamteacher as dt
+
+    run = tmp_path / "ft"
+    dt.finetune(
+        data=str(scenes), out=str(run), backbone="resnet18", labels=4, steps=2, batch_size=4,
+        image_size=[32], device="cpu", head_channels=16, warmup_steps=0, logger="tensorboard",
+    )  # fmt: skip
+    (image,) = _board(run, "Images", "examples")
+    assert image.step == 2 and image.height > image.width  # a row per image, 4 rows of 3
 
 
 def test_teacher_samples_reach_tensorboard(scenes, tmp_path):
@@ -71,8 +85,9 @@ def test_teacher_samples_reach_tensorboard(scenes, tmp_path):
     run = dt.train_teacher(
         data=str(scenes), out=str(tmp_path / "t"), **(TINY_TEACHER | {"logger": "tensorboard"})
     )
-    (image,) = _board(run, "Images", "samples")
-    assert image.step == TINY_TEACHER["steps"]
+    # a grid at the checkpoint of step 2, and the final one
+    at_2, image = _board(run, "Images", "samples")
+    assert (at_2.step, image.step) == (2, TINY_TEACHER["steps"])
     # a 2 x 2 grid of 32 px samples with torchvision's 2 px padding, as samples.png
     assert (image.width, image.height) == (70, 70)
     assert len(_board(run, "Scalars", "loss")) == TINY_TEACHER["steps"]

@@ -26,6 +26,7 @@ _WHERE = {
     "pretrain": "dreamteacher.api",
     "pretrain_baseline": "dreamteacher.api",
     "probe": "dreamteacher.api",
+    "report": "dreamteacher.api",
     "train_ddpm_seg": "dreamteacher.api",
     "train_interpreter": "dreamteacher.api",
     "train_teacher": "dreamteacher.api",

@@ -35,6 +35,7 @@ from dreamteacher.config import (
 )
 from dreamteacher.data.convert import convert as _convert
 from dreamteacher.exporting import export as _export
+from dreamteacher.reporting import write_report
 
 Options = list[str] | dict[str, Any] | None
 
@@ -120,6 +121,12 @@ def export(run: str | Path, out: str | Path, *, force: bool = False) -> Path:
     """Write the pretrained backbone as timm weights; returns the export folder. A non-empty
     `out` that is not an earlier export is refused unless `force`."""
     return _export(run, out, force)
+
+
+def report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Write the HTML report of a run or benchmark folder (by default RUN/report.html, which
+    every training command and the benchmark also write when they end); returns its path."""
+    return write_report(run, out)
 
 
 def convert(

@@ -13,8 +13,9 @@ dreamteacher train-ddpm-seg --teacher RUN --data SEGDIR --labels N --out RUN6
 dreamteacher pretrain-baseline --method simclr|mocov2|byol|densecl --data DIR --out RUN2
 dreamteacher benchmark --data SEGDIR|KIND:PATH --out DIR [--profile smoke|cpu|gpu] [key=value ...]
 dreamteacher demo [--out DIR]
+dreamteacher report RUN|BENCHMARK [--out report.html]
 
-Every command but export and convert takes `--config FILE.yaml` and `key=value` overrides of
+Every command but export, convert and report takes `--config FILE.yaml` and `key=value` overrides of
 any key of its config; the flags are the keys named in config.FLAGS. The config is resolved
 and checked before the command (and torch) is imported: a bad value is refused at once, in one
 line.
@@ -59,6 +60,7 @@ COMMANDS: dict[str, tuple[str, type | None, str]] = {
     ),
     "export": ("write the pretrained backbone as timm weights", None, "export"),
     "convert": ("write a standard dataset (KIND:PATH) as a mask folder", None, "convert"),
+    "report": ("write the HTML report of a run or benchmark folder", None, "report"),
     "finetune": ("fine-tune for segmentation and evaluate (mIoU)", C.FinetuneConfig, "finetune"),
     "train-interpreter": (
         "segment with the teacher's features: the feature interpreter",
@@ -141,6 +143,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, list[str]]]:
             p.add_argument("--out", required=True, help="new or empty folder to write (required)")
             p.add_argument("--size", type=int, nargs="+", metavar="N", help="resize: H W or one N")
             p.add_argument("--strict", action="store_true", help=C.FLAGS["strict"])
+            continue
+        if name == "report":
+            p.add_argument("run", metavar="RUN", help="a run or benchmark folder")
+            p.add_argument("--out", help="HTML file to write (default RUN/report.html)")
             continue
         if cls is None:  # export
             p.add_argument("run", help="pretrain or pretrain-baseline run folder")
@@ -234,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
             kw = {"data": args.data, "out": args.out, "size": size, "strict": args.strict}
             C.build_config(C.ConvertConfig, None, None, **kw)  # before torch is imported
             _api("convert")(**kw)
+            return 0
+        if args.command == "report":
+            print(f"report: {_api('report')(args.run, out=args.out)}")
             return 0
         kw = flag_kwargs(args)
         check(args.command, args.config, args.overrides, kw)

@@ -32,6 +32,9 @@ IMAGE_SIZE = [64, 64]  # H, W for commands that have no teacher to take the size
 BACKBONE = "resnet50"
 ADAM_BETAS = [0.9, 0.999]  # torch's AdamW default
 PRETRAIN_BETAS = [0.9, 0.95]  # for distillation and SSL pretraining (as in MAE)
+TEACHER_KINDS = ("diffusion", "gan")  # train-teacher --kind
+TEACHER_LR = {"diffusion": 2e-4, "gan": 2.5e-3}  # train-teacher's lr by kind
+TEACHER_BETAS = {"diffusion": ADAM_BETAS, "gan": [0.0, 0.99]}  # (StyleGAN2's for the GAN)
 MODES = ("feature", "label", "mix")  # pretrain's distillation modes (docs/method.md)
 # the label/mix student's logit head (student/regressor.py): UPerNet's 3x3 fusion at stride 4,
 # or its 1x1 version computed per level (student/decoder.py LevelwiseLogits)
@@ -46,8 +49,9 @@ FLAGS: dict[str, str] = {
     ),
     "out": "folder to write",
     "teacher": (
-        "train-teacher run, or a folder of a diffusers pipeline (DDPM, DDIM, ...), UNet2DModel, "
-        "Stable Diffusion or ADM checkpoint (.pt + flags.txt)"
+        "train-teacher run (diffusion or gan), or a folder of a diffusers pipeline (DDPM, DDIM, "
+        "...), UNet2DModel, Stable Diffusion, ADM checkpoint (.pt + flags.txt) or StyleGAN2-ADA "
+        "pickle (.pkl)"
     ),
     "t": "diffusion step(s) t at which the teacher is read",
     "backbone": "timm model name, e.g. resnet50",
@@ -56,7 +60,8 @@ FLAGS: dict[str, str] = {
     "mode": "feature, label or mix distillation",
     "interpreter": "train-interpreter run folder (label and mix modes)",
     "method": "simclr, mocov2, byol or densecl",
-    "preset": "UNet size: tiny, small or base",
+    "kind": "teacher to train: diffusion or gan (StyleGAN2)",
+    "preset": "UNet (or GAN) size: tiny, small or base",
     "profile": "smoke, cpu or gpu",
     "image_size": "input size: one number (square) or H W",
     "batch_size": "images per step and process",
@@ -105,6 +110,7 @@ class TrainOptions(Common):
     compile: bool = False  # torch.compile the trained model
     max_bad_steps: int = 10  # stop after this many NaN/inf losses in a row
     logger: str = "jsonl"  # jsonl | tensorboard (the same records also as TensorBoard events)
+    report: bool = True  # write RUN/report.html when the command ends (`dreamteacher report`)
 
 
 @dataclass
@@ -158,15 +164,18 @@ class StudentOptions:
 
 @dataclass
 class TeacherConfig(Unlabeled, BySteps, TrainOptions):
-    """`train-teacher`: a DDPM (diffusers UNet2DModel + DDPMScheduler) on a folder of images."""
+    """`train-teacher`: a DDPM (diffusers UNet2DModel + DDPMScheduler), or with kind=gan a
+    StyleGAN2 (engine/gan.py), on a folder of images."""
 
+    kind: str = "diffusion"  # diffusion | gan
     image_size: list[int] = _list(IMAGE_SIZE)
-    preset: str = "tiny"  # UNet size: tiny | small | base
+    preset: str = "tiny"  # UNet (or GAN) size: tiny | small | base
+    lr: float | None = None  # None: the kind's (TEACHER_LR)
+    betas: list[float] | None = None  # None: the kind's (TEACHER_BETAS)
     block_out_channels: list[int] | None = None  # overrides the preset
     layers_per_block: int | None = None  # overrides the preset
     attention_levels: list[int] | None = None  # encoder levels with self-attention
     steps: int = 2000
-    lr: float = 2e-4
     weight_decay: float = 0.0
     warmup_steps: int = 100
     ema_decay: float = 0.999
@@ -174,6 +183,11 @@ class TeacherConfig(Unlabeled, BySteps, TrainOptions):
     beta_schedule: str = "linear"
     num_samples: int = 16  # images in the sample grid
     sample_steps: int = 50  # DDIM steps used to draw the sample grid
+    checkpoint_samples: bool = True  # a grid at every checkpoint too (RUN/samples/step_*.png)
+    # kind=gan (docs/teachers.md, "GAN teachers")
+    r1_gamma: float = 0.1  # weight of the R1 penalty on real images (x gamma / 2)
+    r1_every: int = 16  # R1 on every 16th step only, weighted x 16 (lazy regularisation)
+    diffaugment: str = "color,translation,cutout"  # DiffAugment policy ('' = none)
 
 
 @dataclass
@@ -187,6 +201,7 @@ class PretrainConfig(StudentOptions, TeacherFeatures, Unlabeled, ByEpochs, Train
     at_source: str = AT_SOURCES[0]  # L_AT on the regressor's predictions or the backbone's
     regressor_channels: int = 256
     feature_cache: str | None = None  # a cache-features folder: read targets, skip the teacher
+    truncation_psi: float = 1.0  # a GAN teacher's truncation: w = w_avg + psi (w - w_avg)
     compile_teacher: bool = False  # torch.compile the teacher's feature pass (plain UNets)
     # label distillation (docs/method.md, "Label distillation and mix distillation")
     mode: str = "feature"  # feature | label | mix
@@ -438,6 +453,8 @@ NON_NEGATIVE = {
     "seeds",
     "dt_feature_cache",
     "attention_levels",
+    "truncation_psi",
+    "gan_psi",
 }
 FRACTIONS = {"betas", "ema_decay", "momentum", "dropout"}  # in [0, 1)
 AT_LEAST = {"num_workers": -1}  # -1 = auto

@@ -123,6 +123,8 @@ def run_demo(s: DemoConfig) -> dict:
     table = format_results(results)
     (out / "results.md").write_text(table + "\n")
     print("\n" + table)
+    runs = ["teacher", "pretrain", "finetune_dreamteacher", "finetune_scratch"]
+    print("\nreports: " + ", ".join(str(out / r / "report.html") for r in runs))
     return results
 
 

@@ -54,6 +54,16 @@ def keyed_randn(keys: list[int], shape: tuple[int, ...], device, salt: int = 2) 
     return torch.stack(out)
 
 
+def keyed_rand(keys: list[int], shape: tuple[int, ...], device, salt: int = 4) -> torch.Tensor:
+    """Uniform [0, 1) numbers # B, *shape, sample b drawn from a generator seeded by its key."""
+    device = torch.device(device)
+    out = []
+    for k in keys:
+        g = torch.Generator(device=device).manual_seed(mix(k, salt))
+        out.append(torch.rand(shape, generator=g, device=device))
+    return torch.stack(out)
+
+
 def keyed_randint(keys: list[int], high: int, salt: int = 3) -> torch.Tensor:
     """Integers in [0, high) # B, one per key."""
     return torch.tensor([mix(k, salt) % high for k in keys], dtype=torch.long)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -16,8 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from dreamteacher.dataspec import split_data
 from dreamteacher.errors import UserError
@@ -175,11 +178,14 @@ class Run:
                     board.add_scalar(k, v, step)
             board.flush()
 
-    def log_image(self, tag: str, image: torch.Tensor, step: int) -> None:
-        """An image (# 3, H, W in [0, 1]) in the TensorBoard events (nothing with jsonl: images
-        are files of the run folder)."""
+    def log_image(self, tag: str, image: torch.Tensor | bytes, step: int) -> None:
+        """An image (# 3, H, W in [0, 1], or PNG bytes) in the TensorBoard events (nothing
+        with jsonl: images are files of the run folder)."""
         board = self.board() if self.rank == 0 else None
         if board is not None:
+            if isinstance(image, bytes):
+                rgb = np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))  # H, W, 3
+                image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
             board.add_image(tag, image.clamp(0, 1), step)
             board.flush()
 
@@ -233,6 +239,8 @@ class Run:
         "max_bad_steps",
         "compile",
         "logger",
+        "report",
+        "checkpoint_samples",
     }
 
     # settings that name a file or folder: compared as resolved paths, so that a run resumes

@@ -105,3 +105,7 @@ def test_train_ddpm_seg_end_to_end(scenes, teacher_run, tmp_path):
     assert len(log) == 30 and last < 0.8 * first, (first, last)
     sd = torch.load(tmp_path / "d" / "model.pt", weights_only=True)
     assert sd and all(k.startswith("members.") for k in sd)  # the teacher is not copied
+    from dreamteacher.reporting.runs import kind
+
+    assert kind(tmp_path / "d") == "train-ddpm-seg"
+    assert "IoU per class" in (tmp_path / "d" / "report.html").read_text()

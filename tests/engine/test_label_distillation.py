@@ -11,6 +11,7 @@ import dreamteacher as dt
 from dreamteacher.cli import main
 from dreamteacher.errors import UserError
 from dreamteacher.losses import label_distillation_loss
+from dreamteacher.reporting.runs import kind
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from dreamteacher.teachers import load_teacher
 from dreamteacher.teachers.interpreter import load_interpreter
@@ -60,6 +61,8 @@ def test_train_interpreter_outputs(interpreter_run, scenes):
     last = sum(r["loss"] for r in log[-3:]) / 3
     assert last < 0.85 * first, (first, last)
     assert abs(log[0]["loss"] - (log[0]["ce"] + 3 * log[0]["dice"])) < 1e-4
+    report = (interpreter_run / "report.html").read_text()
+    assert kind(interpreter_run) == "train-interpreter" and "confusion matrix" in report
 
 
 def _student_kl(state, teacher, interp, x, keys, mode="mix", head="uper"):
@@ -110,6 +113,9 @@ def test_mix_pretraining_learns_the_soft_labels(scenes, teacher_run, interpreter
     cfg = json.loads((bb / "config.json").read_text())
     assert cfg["method"] == "dreamteacher-mix"
     assert dt.load_backbone(bb).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 1000)
+    # its report: the summed terms with L_ld, and the feature picture (mix has feature heads)
+    assert kind(run) == "pretrain" and (run / "features.npz").exists()
+    assert "Teacher and student features" in (run / "report.html").read_text()
 
 
 def test_label_mode_with_the_light_head_learns_the_soft_labels(
@@ -136,6 +142,8 @@ def test_label_mode_with_the_light_head_learns_the_soft_labels(
     }
     before, after = _kl_before_after(final, scenes, teacher_run, interpreter_run)
     assert after < 0.6 * before, (before, after)  # 6 steps; 0.47 seen (uper: 0.51)
+    # no feature predictions, so no feature picture; the report is written all the same
+    assert not (run / "features.npz").exists() and (run / "report.html").exists()
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,26 @@ CONFIGS = {
         },  # 6 levels
         {"image_size": [64, 80], "preset": "tiny"},  # 64x80: a 4x5 stride-16 map, odd width
     ],
+    "gan": [
+        # blocks of strides 8, 4, 2, 1: strides 16 and 32 pooled from the 4x4 block
+        {
+            "image_size": [32, 32],
+            "z_dim": 16,
+            "w_dim": 16,
+            "mapping_layers": 2,
+            "channel_base": 512,
+            "channel_max": 32,
+        },
+        # non-square, 5 blocks (4x5 .. 64x80): stride 32 pooled to 2x3
+        {
+            "image_size": [64, 80],
+            "z_dim": 16,
+            "w_dim": 16,
+            "mapping_layers": 1,
+            "channel_base": 1024,
+            "channel_max": 64,
+        },
+    ],
 }
 
 
@@ -62,11 +82,42 @@ def assert_teacher_contract(teacher, h: int, w: int, strides=(4, 8, 16, 32)) -> 
         assert torch.allclose(a[1:], b, atol=1e-5)
 
 
+def assert_gan_contract(teacher, h: int, w: int, strides=(4, 8, 16, 32)) -> None:
+    """What every GAN teacher must do: synthesize h x w images from keys, with one NCHW map
+    per stride, frozen; a key fixes its sample whatever the batch around it."""
+    images, feats = teacher.sample([1, 2])
+    assert images.shape == (2, 3, h, w) and images.min() >= 0 and images.max() <= 1
+    assert isinstance(feats, list) and len(feats) == len(teacher.channels) == len(teacher.strides)
+    assert teacher.strides == list(strides)
+    for f, c, s in zip(feats, teacher.channels, teacher.strides, strict=True):
+        assert f.shape == (2, c, -(-h // s), -(-w // s)), (f.shape, c, s)
+        assert torch.isfinite(f).all()
+    assert not any(p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    assert not teacher.training
+    again_images, again = teacher.sample([1, 2])  # seeded: the same keys, the same samples
+    assert torch.equal(images, again_images) and all(map(torch.equal, feats, again))
+    alone_images, alone = teacher.sample([2])
+    assert torch.allclose(alone_images, images[1:], atol=1e-5)
+    for a, b in zip(feats, alone, strict=True):
+        assert torch.allclose(a[1:], b, atol=1e-5)
+    other, _ = teacher.sample([3])
+    assert not torch.allclose(other, images[1:])
+    # features(x, keys): those of its own images of the keys (x gives the batch only)
+    assert all(map(torch.equal, teacher(torch.rand(2, 3, h, w), keys=[1, 2]), feats))
+    assert teacher.input_size() == [h, w]
+    with pytest.raises(UserError, match=f"synthesizes {h}x{w} images"):
+        teacher.input_size([h * 2, w])
+
+
 @pytest.mark.parametrize(("name", "cfg"), CASES)
 def test_teacher_contract(name, cfg):
     torch.manual_seed(0)
     teacher = create_teacher(name, **cfg)
-    assert_teacher_contract(teacher, *cfg["image_size"])
+    if getattr(teacher, "synthetic", False):
+        assert_gan_contract(teacher, *cfg["image_size"])
+    else:
+        assert_teacher_contract(teacher, *cfg["image_size"])
 
 
 def _skip_unet():

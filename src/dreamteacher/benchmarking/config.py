@@ -31,7 +31,9 @@ PRETRAINED = ["scratch", "dreamteacher", *SSL_METHODS]
 LABEL_DISTILLED = ["dt-mix", "dt-label"]
 # segmenters on the teacher's features themselves: no backbone, one result per (N, seed)
 TEACHER_SIDE = ["interpreter", "ddpm-seg"]
-ALL_METHODS = PRETRAINED + LABEL_DISTILLED + TEACHER_SIDE
+# a backbone distilled from a GAN teacher trained here on the same unlabeled images
+GAN_DISTILLED = ["dt-gan"]
+ALL_METHODS = PRETRAINED + GAN_DISTILLED + LABEL_DISTILLED + TEACHER_SIDE
 PROTOCOLS = ["finetune", "frozen"]
 EQUAL_COMPUTE = "@compute"  # the row suffix of an SSL baseline trained at equal compute
 EVAL_SPLITS = ("val", "test")  # val to choose settings; test for the reported table
@@ -66,6 +68,11 @@ class BenchmarkConfig:
     teacher_batch_size: int = 16
     teacher_lr: float = 1e-3
     teacher_sample_steps: int | None = None  # DDIM steps of the sample grid (None: train-teacher's)
+    # the GAN teacher of the dt-gan row (train-teacher --kind gan; its lr and betas the GAN's)
+    gan_preset: str = "tiny"
+    gan_steps: int = 1500
+    gan_batch_size: int = 16
+    gan_psi: float = 1.0  # truncation of the samples distilled
     # student pretraining, the same epochs and batch for every method
     pretrain_epochs: int = 30
     pretrain_max_steps: int | None = None
@@ -114,6 +121,7 @@ class BenchmarkConfig:
     keep_weights: bool = False  # keep each evaluation's model.pt and checkpoints
     cells_dir: str = ""  # where finished cells are cached (default OUT/cells); share it
     # between output folders to reuse cells, e.g. a probe of one setting on a subset
+    report: bool = True  # OUT/report.html at the end (and each cell's run has its own)
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -125,6 +133,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "teacher_steps": 20,
         "teacher_batch_size": 8,
         "teacher_sample_steps": 5,  # the grid of a 20-step teacher is noise at any step count
+        "gan_steps": 4,
+        "gan_batch_size": 8,
         "pretrain_epochs": 1,
         "pretrain_max_steps": 4,
         "pretrain_batch_size": 8,

@@ -39,6 +39,7 @@ from dreamteacher.benchmarking.cells import CellRef, Cells, files_key
 from dreamteacher.benchmarking.config import (
     EQUAL_COMPUTE,
     EVAL_SPLITS,
+    GAN_DISTILLED,
     LABEL_DISTILLED,
     PRETRAINED,
     TEACHER_SIDE,
@@ -56,6 +57,7 @@ from dreamteacher.config import STRIDES
 from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.dataspec import resolved_data
 from dreamteacher.errors import UserError
+from dreamteacher.reporting import write_report
 from dreamteacher.runfiles import atomic_json, atomic_write, save_config
 from dreamteacher.teachers import teacher_files
 
@@ -202,6 +204,29 @@ class Benchmark:
 
         return self._once("teacher", make)
 
+    def gan_teacher(self) -> Record:
+        """The dt-gan row's teacher: a train-teacher --kind gan cell on the same images."""
+        cfg = self.cfg
+
+        def make() -> Record:
+            print(f"benchmark: GAN teacher ({cfg.gan_preset}, {cfg.gan_steps} steps)")
+            kw = {
+                **self.base,
+                "kind": "gan",
+                "splits": self.splits,
+                "preset": cfg.gan_preset,
+                "steps": cfg.gan_steps,
+                "batch_size": cfg.gan_batch_size,
+                "warmup_steps": 0,
+                "save_every": max(1, cfg.gan_steps // 5),
+            }
+            stage = "GAN teacher (train-teacher --kind gan)"
+            return self._cell(
+                "teacher-gan", api.train_teacher, kw, stage, cleanup=["run/checkpoints"]
+            )
+
+        return self._once("teacher-gan", make)
+
     def teacher_ref(self) -> CellRef:
         """The teacher folder other cells read, hashed into their keys as its key."""
         rec = self.teacher()
@@ -278,12 +303,24 @@ class Benchmark:
 
     def pretrained(self, method: str) -> CellRef | str:
         """The backbone of a method pretrained once on the unlabeled images."""
+        cfg = self.cfg
         if method == "scratch":
             return "scratch"
 
         def make() -> CellRef:
             if method == "dreamteacher":
                 return self._pretrain_cell(method, api.pretrain, self._distillation())
+            if method == "dt-gan":  # feature distillation on the GAN's own images
+                kw = {
+                    **self.pretraining,
+                    "teacher": CellRef(self.gan_teacher(), "run"),
+                    "lr": cfg.dt_lr,
+                    **self.levels(),
+                    "lambda_at": cfg.dt_lambda_at,
+                    "at_source": cfg.dt_at_source,
+                    "truncation_psi": cfg.gan_psi,
+                }
+                return self._pretrain_cell(method, api.pretrain, kw)
             kw = {**self.pretraining, "method": method, "lr": self.ssl_lr(method)}
             return self._pretrain_cell(method, api.pretrain_baseline, kw)
 
@@ -453,7 +490,7 @@ class Benchmark:
             val = {"split": "val", "carved_from": "train", "ids": self.folder.carved_val}
             atomic_json(val, self.out / "subsets" / "val.json")
         for method in cfg.methods:
-            if method in PRETRAINED:
+            if method in PRETRAINED or method in GAN_DISTILLED:
                 weights = self.pretrained(method)
                 for protocol, n, seed in self.evaluations:
                     self.evaluate(method, weights, protocol, n, seed)
@@ -494,6 +531,8 @@ class Benchmark:
             png = self.out / "miou_vs_labels.png"
             plot(self.runs, png, self.cfg.methods, self.cfg.eval_split)
             print("\n" + text)
+            if self.cfg.report:
+                print(f"report: {write_report(self.out)}")
         return results
 
 

@@ -89,13 +89,19 @@ class EMA:
     """An exponential moving average of a model's weights (buffers copied), with a warm-up
     so that short runs are not dominated by the random init: decay min(d, (1+k)/(10+k))."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+    def __init__(self, model: nn.Module, decay: float, part: str | None = None):
+        """`part`: average only this submodule of the trained model (a GAN's generator)."""
+        self.part = part
+        self.module = copy.deepcopy(self._of(model)).eval().requires_grad_(False)
         self.decay = decay
+
+    def _of(self, model: nn.Module) -> nn.Module:
+        return getattr(model, self.part) if self.part else model
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
+        model = self._of(model)
         for e, p in zip(self.module.parameters(), model.parameters(), strict=True):
             e.lerp_(p, 1 - d)
         for e, b in zip(self.module.buffers(), model.buffers(), strict=True):
@@ -190,12 +196,14 @@ def optimize(
     max_grad_norm: float = math.inf,
     steps_per_epoch: int | None = None,
     ema: EMA | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> float:
     """Steps `start` .. `total` - 1 of `net` (the unwrapped module; `model` is `net` as
     wrapped for the run: DDP, compiled). `accum`: micro-batches per step (default
     cfg.accum_steps). Every cfg.log_every steps rank 0 logs the terms averaged over ranks;
     every cfg.save_every steps (and at the end) it writes a checkpoint of net, optimizer,
-    EMA and the loop's state. Returns the wall time of these steps in seconds."""
+    EMA and the loop's state, then calls `on_checkpoint(step)` there (e.g. to draw samples).
+    Returns the wall time of these steps in seconds."""
     accum = cfg.accum_steps if accum is None else accum
     warmup = cap_warmup(warmup, total, warn=env.main and start < total)
     global_batch = cfg.batch_size * env.world_size * cfg.accum_steps
@@ -238,4 +246,6 @@ def optimize(
                 if ema is not None:
                     state["ema"] = ema.module.state_dict()
                 run.save_checkpoint(done, state | loop_state(sampler, total, warmup))
+                if on_checkpoint is not None and env.main:
+                    on_checkpoint(done)
     return time.time() - t0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dreamteacher.config import MODES, PretrainConfig
@@ -17,9 +18,10 @@ from dreamteacher.data import unlabeled_images
 from dreamteacher.engine.loop import epoch_schedule
 from dreamteacher.engine.session import Session
 from dreamteacher.errors import UserError
-from dreamteacher.losses import AT_SOURCES, LAMBDA_AT, mix_distillation_loss
+from dreamteacher.losses import AT_SOURCES, LAMBDA_AT, match_size, mix_distillation_loss, whiten
 from dreamteacher.randomness import keyed_hflip
-from dreamteacher.runfiles import atomic_save
+from dreamteacher.reporting import FEATURES, figures, pca_rgb
+from dreamteacher.runfiles import atomic_save, atomic_write
 from dreamteacher.runtime import resolve_precision, seed_everything
 from dreamteacher.student import Backbone, FeatureRegressor, Student
 from dreamteacher.teachers import resolve_teacher
@@ -68,13 +70,17 @@ def distill_losses(
 def pretrain(cfg: PretrainConfig) -> Path:
     """Distil; writes RUN/final.pt (backbone + regressor weights) and returns the run folder."""
     with Session(cfg) as s:
-        teacher = resolve_teacher(cfg).to(s.device)  # frozen
+        teacher = resolve_teacher(cfg, synthetic_ok=True).to(s.device)  # frozen
         interpreter = check_mode(cfg, teacher)
         if interpreter is not None:
             interpreter = interpreter.to(s.device)
         data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
         items = data
-        if cfg.feature_cache:  # the loader (its workers, on CUDA) reads the cached targets
+        synthetic = getattr(teacher, "synthetic", False)  # a GAN: distilled on its own images
+        if synthetic:
+            teacher.psi = cfg.truncation_psi
+            items = Draws(len(data))  # as many synthesized images per epoch as data has
+        elif cfg.feature_cache:  # the loader (its workers, on CUDA) reads the cached targets
             cache = FeatureCache(cfg.feature_cache, data)
             if cache.channels != teacher.channels:
                 raise UserError(
@@ -122,6 +128,9 @@ def pretrain(cfg: PretrainConfig) -> Path:
 
         def micro_step(model, batch, keys, step) -> dict[str, torch.Tensor]:
             x, *cached = batch  # B, 3, H, W (+ the cached targets, if any)
+            if synthetic:  # the teacher's images G(z_key) and its features of them
+                x, cached = teacher.sample(keys, s.device)
+                x, cached = x.clone(), [f.clone() for f in cached]  # (out of inference mode)
             return distill_losses(
                 model, teacher, x, keys, cfg.lambda_at, channels_last, cached or None,
                 interpreter, ld, cfg.at_source,
@@ -136,7 +145,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             warmup=warmup,
             desc="pretrain",
             steps_per_epoch=steps_per_epoch,
-            step_keyed=items is not data,
+            step_keyed=items is not data and not synthetic,
         )
         if s.main:
             atomic_save(
@@ -155,11 +164,71 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 },
                 run.dir / "final.pt",
             )
+            feature_snapshot(student, teacher, data, s.device, run, total)
             print(
                 f"pretrained backbone in {run.dir / 'final.pt'}; export it with "
                 f"`dreamteacher export {run.dir} --out BB`"
             )
         return run.dir
+
+
+FEATURE_IMAGES = 4  # images of the report's feature picture: the data's first
+
+
+@torch.no_grad()
+def feature_snapshot(student: Student, teacher, data, device: torch.device, run, step: int) -> None:
+    """RUN/features.npz for the report: for the data's first FEATURE_IMAGES images (a GAN
+    teacher: its images of keys 0, 1, ...), the teacher's
+    whitened maps (the regression targets) and the student's predictions of them at each
+    level, both projected on the targets' first three principal components, as RGB. Nothing
+    for label distillation (no feature predictions). With logger=tensorboard, also an image."""
+    if not student.regressor.heads:
+        return
+    keys = list(range(min(FEATURE_IMAGES, len(data))))
+    on = next(teacher.parameters()).device  # (the CPU when a feature cache stood in for it)
+    if getattr(teacher, "synthetic", False):  # a GAN: its own first images
+        x, targets = teacher.sample(keys, on)
+        x = x.cpu()
+    else:
+        x = torch.stack([data[i] for i in keys])  # B, 3, H, W
+        targets = teacher(x.to(on), keys)
+    student.eval()  # what the exported backbone computes
+    preds = student(x.to(device)).features
+    arrays = {"images": (x.permute(0, 2, 3, 1) * 255).round().byte().numpy()}
+    for i, (p, t) in enumerate(zip(preds, targets, strict=True)):
+        p = p.float().cpu()
+        target = whiten(match_size(t.float().cpu(), p))  # B, C, h, w
+        arrays[f"teacher_{i}"], arrays[f"student_{i}"] = (c.numpy() for c in pca_rgb(target, p))
+    arrays["strides"] = np.array(teacher.strides[: len(preds)])
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write(run.dir / FEATURES, write)
+    if run.board() is not None:
+        levels = [
+            {
+                "stride": int(st),
+                "teacher": arrays[f"teacher_{i}"],
+                "student": arrays[f"student_{i}"],
+            }
+            for i, st in enumerate(arrays["strides"])
+        ]
+        run.log_image("features", figures.feature_pca(arrays["images"], levels), step)
+
+
+class Draws(torch.utils.data.Dataset):
+    """n empty items: a GAN teacher's batches are synthesized from the samples' keys."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.zeros(1)
 
 
 def check_mode(cfg: PretrainConfig, teacher) -> FeatureInterpreter | None:
@@ -170,6 +239,16 @@ def check_mode(cfg: PretrainConfig, teacher) -> FeatureInterpreter | None:
         raise UserError(
             f"unknown at_source '{cfg.at_source}'; choose one of {', '.join(AT_SOURCES)}"
         )
+    if getattr(teacher, "synthetic", False):
+        if cfg.mode != "feature":
+            raise UserError(
+                f"--mode {cfg.mode} needs the teacher's features of labelled images, and a GAN "
+                "teacher has no encoder; use --mode feature"
+            )
+        if cfg.feature_cache:
+            raise UserError(
+                "a GAN teacher synthesizes new images at every step; drop feature_cache"
+            )
     if cfg.mode == "feature":
         if cfg.interpreter:
             raise UserError(

@@ -13,6 +13,7 @@ for rank 0 and leave the group.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from dreamteacher.data import Indexed, ResumableBatchSampler, StepTagged
 from dreamteacher.engine import dist
 from dreamteacher.engine.loop import EMA, MicroStep, optimize
 from dreamteacher.errors import UserError
+from dreamteacher.reporting import write_report
 from dreamteacher.runfiles import Run
 from dreamteacher.runtime import make_loader, seed_everything, set_rng_state
 
@@ -106,6 +108,7 @@ class Session:
     def __init__(self, cfg: Any):
         self.cfg = cfg
         self.env, self.device = dist.setup(cfg.device)
+        self.run: Run | None = None
 
     @property
     def main(self) -> bool:
@@ -121,11 +124,16 @@ class Session:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:  # on an error each rank stops on its own
             dist.teardown(self.env)
+            if self.main and self.run is not None and getattr(self.cfg, "report", False):
+                path = write_report(self.run.dir)
+                print(f"report: {path}")
 
     def open_run(self) -> Run:
-        """The run folder at cfg.out: config.yaml written (by rank 0), checkpoints kept."""
+        """The run folder at cfg.out: config.yaml written (by rank 0), checkpoints kept; with
+        cfg.report, RUN/report.html is written from it when the command's block ends."""
         cfg, env = self.cfg, self.env
-        return Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
+        self.run = Run(cfg.out, cfg, cfg.keep_checkpoints, env.rank, env.world_size)
+        return self.run
 
     def fit(
         self,
@@ -145,12 +153,14 @@ class Session:
         step_keyed: bool = False,
         reseed: bool = False,
         sync_bn: bool | None = None,
+        on_checkpoint: Callable[[int], None] | None = None,
     ) -> float:
         """Train `net` (on the device) for `total` steps with `micro_step` (engine/loop.py)
         over `dataset`, resuming from `run`'s last checkpoint with --resume. `reseed`: a
         fresh run seeds the global RNG with seed + rank first (dropout, random pixel picks:
         each rank its own stream). `sync_bn`: None follows cfg.sync_bn (a UNet has no
-        BatchNorm: train-teacher passes False). Returns the wall time of the steps run, in
+        BatchNorm: train-teacher passes False). `on_checkpoint(step)`: called on rank 0
+        after each checkpoint. Returns the wall time of the steps run, in
         seconds."""
         cfg, env, device = self.cfg, self.env, self.device
         opt = make_optimizer(net, cfg)
@@ -180,4 +190,5 @@ class Session:
             max_grad_norm=max_grad_norm,
             steps_per_epoch=steps_per_epoch,
             ema=ema,
+            on_checkpoint=on_checkpoint,
         )

@@ -5,16 +5,21 @@ the test-split evaluation written to RUN/metrics.json."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dreamteacher.data import MaskFolder, select_labeled
 from dreamteacher.errors import UserError
 from dreamteacher.eval import confusion_matrix, iou_per_class, mean_iou
-from dreamteacher.runfiles import Run, atomic_json, track
+from dreamteacher.reporting import EXAMPLES, figures
+from dreamteacher.runfiles import Run, atomic_json, atomic_write, track
 from dreamteacher.runtime import loader_workers, seed_everything
+
+EXAMPLES_SHOWN = 4  # evaluated images kept with their predictions for the report
 
 
 class LabelledData:
@@ -49,10 +54,14 @@ def evaluate(
     device: torch.device,
     batch_size: int = 8,
     num_workers: int = 0,
+    examples: dict[str, list] | None = None,
 ) -> torch.Tensor:
     """Confusion matrix over the whole split; logits are upsampled to each mask's size. The
     images are decoded by `num_workers` loader processes and the matrix is counted on
-    `device` (on one H200 the test split took 3.5 s per evaluation with neither)."""
+    `device` (on one H200 the test split took 3.5 s per evaluation with neither). With
+    `examples` ({"images": [], "truth": [], "pred": []}), the first images (# h, w, 3 uint8),
+    their masks and predictions (# H, W; those of the first mask's size) are appended to its
+    lists, at least EXAMPLES_SHOWN of them where the split has them."""
     model.eval()
     cuda = device.type == "cuda"
     loader = torch.utils.data.DataLoader(
@@ -63,8 +72,15 @@ def evaluate(
         logits = model(x.to(device, non_blocking=cuda))  # B, K, h, w
         logits = F.interpolate(logits.float(), y.shape[-2:], mode="bilinear", align_corners=False)
         y = y.to(device, non_blocking=cuda)  # B, H, W at the masks' full resolution
+        pred = logits.argmax(1)  # B, H, W
         # counted on the device, summed into cm on the CPU
-        cm += confusion_matrix(logits.argmax(1), y, num_classes, ignore_index)
+        cm += confusion_matrix(pred, y, num_classes, ignore_index)
+        if examples is not None and len(examples["images"]) < EXAMPLES_SHOWN:
+            first = examples["truth"][0].shape if examples["truth"] else tuple(y.shape[-2:])
+            if tuple(y.shape[-2:]) == first:  # masks of one size, drawn over their images
+                examples["images"] += list((x.permute(0, 2, 3, 1) * 255).round().byte().numpy())
+                examples["truth"] += list(y.cpu().to(torch.int16).numpy())
+                examples["pred"] += list(pred.cpu().to(torch.int16).numpy())
     return cm
 
 
@@ -83,7 +99,10 @@ def evaluate_and_report(
     seed_everything(cfg.seed)  # a teacher-side model draws its noise from the global RNG
     folder = data.folder
     workers = loader_workers(cfg.num_workers, device)
-    cm = evaluate(model, data.eval, folder.num_classes, folder.ignore_index, device, bs, workers)
+    shown: dict[str, list] = {"images": [], "truth": [], "pred": []}
+    cm = evaluate(
+        model, data.eval, folder.num_classes, folder.ignore_index, device, bs, workers, shown
+    )
     iou = iou_per_class(cm)
     metrics = {
         "miou": mean_iou(cm),
@@ -100,10 +119,33 @@ def evaluate_and_report(
         **extra,
         "image_size": cfg.image_size,
         "pixel_accuracy": float(cm.diag().sum() / cm.sum().clamp(min=1) * 100),
+        "confusion": cm.tolist(),  # rows: true class, columns: predicted
     }
     atomic_json(metrics, run.dir / "metrics.json")
+    save_examples(run.dir / EXAMPLES, shown, folder.ignore_index)
+    if run.board() is not None and shown["images"]:
+        n = EXAMPLES_SHOWN
+        png = figures.segmentation_examples(
+            np.stack(shown["images"][:n]), np.stack(shown["truth"][:n]),
+            np.stack(shown["pred"][:n]), folder.class_names, folder.ignore_index,
+        )  # fmt: skip
+        run.log_image("examples", png, int(extra.get("steps", 0)))
     print(format_metrics(metrics))
     return metrics
+
+
+def save_examples(path: Path, shown: dict[str, list], ignore_index: int) -> None:
+    """The first EXAMPLES_SHOWN evaluated images with their masks and predictions (the
+    report's examples)."""
+    if not shown["images"]:
+        return
+    arrays = {k: np.stack(v[:EXAMPLES_SHOWN]) for k, v in shown.items()}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays, ignore_index=np.array(ignore_index))
+
+    atomic_write(path, write)
 
 
 def format_metrics(m: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -9,20 +10,34 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid, save_image
 
-from dreamteacher.config import TeacherConfig
+from dreamteacher.config import TEACHER_BETAS, TEACHER_KINDS, TEACHER_LR, TeacherConfig
 from dreamteacher.data import unlabeled_images
+from dreamteacher.engine.gan import train_gan
 from dreamteacher.engine.loop import EMA
 from dreamteacher.engine.session import Session
 from dreamteacher.errors import UserError
 from dreamteacher.randomness import keyed_hflip, keyed_randint, keyed_randn
+from dreamteacher.reporting import SAMPLES
 from dreamteacher.runfiles import atomic_json, atomic_write, make_readable
 from dreamteacher.runtime import seed_everything
-from dreamteacher.teachers.diffusion import build_scheduler, build_unet, sample_images
+from dreamteacher.teachers.diffusion import (
+    DiffusionTeacher,
+    build_scheduler,
+    build_unet,
+    sample_images,
+)
 
 
 def train_teacher(cfg: TeacherConfig) -> Path:
     """Train the DDPM; writes RUN/unet (EMA, diffusers format), RUN/scheduler,
-    RUN/teacher.json, RUN/samples.png. Returns the run folder. Runs under torchrun too."""
+    RUN/teacher.json, RUN/samples.png. Returns the run folder. Runs under torchrun too.
+    kind=gan trains a StyleGAN2 instead (engine/gan.py)."""
+    if cfg.kind not in TEACHER_KINDS:
+        raise UserError(f"unknown --kind '{cfg.kind}'; choose one of {', '.join(TEACHER_KINDS)}")
+    cfg.lr = TEACHER_LR[cfg.kind] if cfg.lr is None else cfg.lr
+    cfg.betas = list(TEACHER_BETAS[cfg.kind]) if cfg.betas is None else cfg.betas
+    if cfg.kind == "gan":
+        return train_gan(cfg)
     with Session(cfg) as s:
         # checked before anything is written
         data = unlabeled_images(cfg.data, cfg.image_size, cfg.splits, cfg.strict)
@@ -55,7 +70,26 @@ def train_teacher(cfg: TeacherConfig) -> Path:
             pred = model(xt, t).sample
             return {"loss": F.mse_loss(pred.float(), noise)}  # epsilon prediction
 
-        s.fit(
+        def samples(step: int, path: Path) -> None:
+            """A grid of the EMA weights' samples (fixed noise: the grids of a run compare)."""
+            grid = sample_images(
+                ema.module,
+                scheduler,
+                cfg.num_samples,
+                cfg.image_size,
+                cfg.sample_steps,
+                seed=cfg.seed,
+                device=s.device,
+            )
+            nrow = int(cfg.num_samples**0.5)
+            run.log_image("samples", make_grid(grid, nrow=nrow), step)
+            atomic_write(path, lambda tmp: save_image(grid, tmp, nrow=nrow, format="png"))
+
+        def at_checkpoint(step: int) -> None:  # the last one's grid is samples.png
+            if cfg.checkpoint_samples and step < cfg.steps:
+                samples(step, run.dir / SAMPLES / f"step_{step:08d}.png")
+
+        seconds = s.fit(
             unet,
             micro_step,
             data,
@@ -67,30 +101,18 @@ def train_teacher(cfg: TeacherConfig) -> Path:
             max_grad_norm=1.0,
             ema=ema,
             sync_bn=False,
+            on_checkpoint=at_checkpoint,
         )
         if s.main:
-            save_teacher(run.dir, ema.module, scheduler, cfg)
-            grid = sample_images(
-                ema.module,
-                scheduler,
-                cfg.num_samples,
-                cfg.image_size,
-                cfg.sample_steps,
-                seed=cfg.seed,
-                device=s.device,
-            )
-            nrow = int(cfg.num_samples**0.5)
-            run.log_image("samples", make_grid(grid, nrow=nrow), cfg.steps)
-            atomic_write(
-                run.dir / "samples.png",
-                lambda tmp: save_image(grid, tmp, nrow=nrow, format="png"),
-            )
+            save_teacher(run.dir, ema.module, scheduler, cfg, seconds)
+            samples(cfg.steps, run.dir / "samples.png")
             print(f"teacher saved to {run.dir / 'unet'}; samples in {run.dir / 'samples.png'}")
         return run.dir
 
 
-def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
-    """diffusers format (UNet2DModel.from_pretrained(out / 'unet')), swapped in atomically."""
+def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig, seconds: float = 0.0) -> None:
+    """diffusers format (UNet2DModel.from_pretrained(out / 'unet')), swapped in atomically;
+    teacher.json says what it is, its levels (as read at the default strides) and its size."""
     for name, obj in (("unet", unet), ("scheduler", scheduler)):
         tmp, old = out / f".{name}.tmp", out / f".{name}.old"
         try:
@@ -108,6 +130,7 @@ def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
             (out / name).rename(old)
         tmp.rename(out / name)
         shutil.rmtree(old, ignore_errors=True)
+    levels = DiffusionTeacher(copy.deepcopy(unet), scheduler, image_size=cfg.image_size)
     atomic_json(
         {
             "type": "diffusion",
@@ -115,6 +138,9 @@ def save_teacher(out: Path, unet, scheduler, cfg: TeacherConfig) -> None:
             "preset": cfg.preset,
             "steps": cfg.steps,
             "data": str(cfg.data),
+            "parameters": sum(p.numel() for p in unet.parameters()),
+            "levels": {"strides": levels.strides, "channels": levels.channels},
+            "train_time_s": round(seconds, 1),  # this invocation's steps (a resumed run: since)
         },
         out / "teacher.json",
     )

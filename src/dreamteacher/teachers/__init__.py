@@ -3,7 +3,9 @@
 
 from dreamteacher.teachers import adm as _adm  # noqa: F401  (registers its loader)
 from dreamteacher.teachers import diffusion as _diffusion  # noqa: F401  (registers entries)
+from dreamteacher.teachers import gan as _gan  # noqa: F401  (registers an entry and a loader)
 from dreamteacher.teachers import latent as _latent  # noqa: F401  (registers its loader)
+from dreamteacher.teachers import stylegan_pkl as _pkl  # noqa: F401  (registers its loader)
 from dreamteacher.teachers.base import (
     Teacher,
     create_teacher,

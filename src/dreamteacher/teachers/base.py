@@ -152,10 +152,15 @@ def teacher_files(path: str | Path) -> list[Path]:
     return []
 
 
-def resolve_teacher(cfg: Any) -> Teacher:
+def resolve_teacher(cfg: Any, synthetic_ok: bool = False) -> Teacher:
     """The frozen teacher a command's config names (cfg.teacher read at cfg.t, cfg.strides),
     with cfg.image_size set: by default to the teacher's training resolution, and checked
-    against its total stride."""
+    against its total stride. A GAN teacher (no encoder) only where `synthetic_ok`."""
     teacher = load_teacher(cfg.teacher, t=cfg.t, strides=cfg.strides)
+    if getattr(teacher, "synthetic", False) and not synthetic_ok:
+        raise UserError(
+            f"{cfg.teacher} is a GAN teacher: it has no encoder to read given images with, so "
+            "it only serves `pretrain` (feature distillation on its own images)"
+        )
     cfg.image_size = teacher.input_size(cfg.image_size)
     return teacher
