@@ -28,6 +28,7 @@ from dreamteacher.teachers.stylegan import (
     fir_filter,
     upsample2x,
 )
+from dreamteacher.teachers.stylegan_pkl import load_stylegan_pickle
 from tests.conftest import read_log, tiny_pretrain
 
 SMALL = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=512, channel_max=32)
@@ -188,6 +189,8 @@ def test_a_network_pickle_loads_without_running_its_code(tmp_path):
     _official_pickle(g, folder / "network-snapshot.pkl", marker, **_init_kwargs())
     teacher = load_teacher(folder, psi=0.7)
     assert not marker.exists()  # the stored source never ran
+    gen = load_stylegan_pickle(folder / "network-snapshot.pkl")
+    assert not gen.training and not any(p.requires_grad for p in gen.parameters())
     assert teacher.source.startswith("StyleGAN2 pickle")
     for k, v in g.state_dict().items():
         assert torch.equal(teacher.G.state_dict()[k], v), k

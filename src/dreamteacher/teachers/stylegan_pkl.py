@@ -168,7 +168,8 @@ def generator_settings(g: Persistent, file: Path) -> dict[str, Any]:
 
 
 def load_stylegan_pickle(file: Path) -> Generator:
-    """The package's Generator with the pickle's G_ema weights (strict key and shape match)."""
+    """The package's Generator with the pickle's G_ema weights (strict key and shape match),
+    in eval mode, frozen."""
     g = read_network_pickle(file)["G_ema"]
     gen = Generator(**generator_settings(g, file))
     state = module_tensors(g)
@@ -184,7 +185,7 @@ def load_stylegan_pickle(file: Path) -> Generator:
         )  # fmt: skip
         raise UserError(f"{file}: its G_ema {what}; it is not a StyleGAN2-ADA generator")
     gen.load_state_dict(state, strict=True)
-    return gen
+    return gen.eval().requires_grad_(False)  # (in training mode w_avg would keep moving)
 
 
 def _pickles(path: Path) -> list[Path]:
