@@ -38,7 +38,7 @@ from dreamteacher.errors import UserError
 # command -> (help, its config (None: export), the API function that runs it)
 COMMANDS: dict[str, tuple[str, type | None, str]] = {
     "train-teacher": (
-        "train a diffusion teacher on a folder of images",
+        "train a teacher (diffusion model or GAN) on a folder of images",
         C.TeacherConfig,
         "train_teacher",
     ),
