@@ -48,7 +48,7 @@ else
   THROUGHPUT=()
   COMPILE_ARGS=(--compile)
   MEMORY=(--sizes 1000 10000 --steps 20)
-  CAPS=(90 0 100)  # on one H200: about 60 s, about 270 s, 88 s
+  CAPS=(90 0 100)  # on one H200 (docs/benchmarks.md): 67 s, 324 s, 77 s; 468 s in all
   EXTRA=()
 fi
 [ "${COMPILE:-0}" = 1 ] && THROUGHPUT+=("${COMPILE_ARGS[@]}")

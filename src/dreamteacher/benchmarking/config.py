@@ -155,8 +155,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "seeds": [0, 1, 2],
     },
     # resnet50 at 256x320 on one H100/H200, in what gpu.sh leaves of its 8 minutes (at least
-    # 390 s after its throughput stage). Sized from H200 runs (docs/benchmarks.md): a
-    # 400-step teacher took 53 s, each pretraining 12-14 s, each evaluation 10-13 s.
+    # 390 s after its throughput stage). On one H200 (docs/benchmarks.md) the 400-step teacher
+    # took 60 s, each pretraining 15-18 s, each evaluation 11-18 s: 324 s for the stage.
     "gpu": {
         "methods": PRETRAINED,  # the per-(N, seed) rows do not fit the 8 minutes
         "backbone": "resnet50",
