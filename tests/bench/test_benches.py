@@ -101,6 +101,25 @@ def test_logit_head_bench(tmp_path):
     assert "logit head MACs per image" in p.stdout
 
 
+def test_decode_memo_bench(tmp_path):
+    """The decode-memo bench at tiny sizes: the memo keeps every image (and mask) it read as
+    uint8, the plain datasets keep nothing, and the fine-tunings with and without it score the
+    same mIoU (the memo returns the same bits)."""
+    out = tmp_path / "m.json"
+    p = _run("decode_memo.py", "--quick", "--out", out)
+    r = json.loads(out.read_text())
+    h, w = r["settings"]["image_size"]
+    reads = r["reads"]
+    assert reads["labelled_memo"]["memo_bytes"] == reads["labelled_memo"]["items"] * h * w * 4
+    assert reads["unlabeled_memo"]["memo_bytes"] == reads["unlabeled_memo"]["items"] * h * w * 3
+    assert reads["labelled_no_memo"]["memo_bytes"] == reads["unlabeled_no_memo"]["memo_bytes"] == 0
+    f = r["finetune"]
+    assert f["same_miou"] and len({x["miou"] for v in f["runs"].values() for x in v}) == 1
+    for k, m in (("speedup", "median_wall_s"), ("cpu_speedup", "median_cpu_s")):
+        assert f[m]["memo"] > 0 and abs(f[k] - f[m]["no_memo"] / f[m]["memo"]) < 1e-9
+    assert "same mIoU: True" in p.stdout
+
+
 def test_cache_read_bench(tmp_path):
     """The cache-read bench at small sizes: its sizes follow from the levels, its rates from
     its timings, and reading its 25 MB cache end to end leaves the reader's RSS flat."""

@@ -174,10 +174,39 @@ def load_rgb(
         ) from None
 
 
-def to_tensor(im: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor in [0, 1]. # 3, H, W"""
+def to_tensor(im: Image.Image | np.ndarray) -> torch.Tensor:
+    """PIL RGB (or its # H, W, 3 uint8 array) -> float tensor in [0, 1]. # 3, H, W"""
     arr = np.asarray(im, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+
+
+# decoded, resized items a dataset keeps in memory (per dataset, main process only)
+MEMO_BYTES = 1 << 30
+
+
+class Memo:
+    """Decoded and resized items (uint8 arrays) kept in memory, so that an epoch after the
+    first decodes nothing: on 2 CPU cores decoding a CamVid image costs 2-4 ms, a large share
+    of a small model's step. At most `limit` bytes are kept; later items are decoded every
+    time. Off in loader workers (used on CUDA): each would hold a copy of its own, and there
+    the workers keep ahead of the step without it."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit, self.bytes = MEMO_BYTES if limit is None else limit, 0
+        self.items: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def get(self, key: int, make) -> tuple[np.ndarray, ...]:
+        """The arrays stored for `key`, or make() (stored when in the main process and
+        under the limit). Callers must not modify what they get."""
+        got = self.items.get(key)
+        if got is not None:
+            return got
+        got = make()
+        n = sum(a.nbytes for a in got)
+        if self.bytes + n <= self.limit and torch.utils.data.get_worker_info() is None:
+            self.items[key] = got
+            self.bytes += n
+        return got
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -228,14 +257,23 @@ class ImageFolder(torch.utils.data.Dataset):
             )
         self.size = (int(image_size[0]), int(image_size[1]))  # H, W
         self._bad: set[int] = set()
+        self.memo = Memo()
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return to_tensor(self.pil(i))  # 3, H, W
+        return to_tensor(self.array(i))  # 3, H, W
 
     def pil(self, i: int) -> Image.Image:
+        """Image i as RGB PIL at (H, W) (see _decode)."""
+        return Image.fromarray(self.array(i))
+
+    def array(self, i: int) -> np.ndarray:
+        """Image i at (H, W) as a read-only # H, W, 3 uint8 array, decoded once (Memo)."""
+        return self.memo.get(i, lambda: (_frozen(self._decode(i)),))[0]
+
+    def _decode(self, i: int) -> Image.Image:
         """Image i as RGB PIL at (H, W); an undecodable file is replaced by the next one."""
         for k in range(len(self.files)):
             j = (i + k) % len(self.files)
@@ -251,3 +289,10 @@ class ImageFolder(torch.utils.data.Dataset):
                 continue
             return im.resize((self.size[1], self.size[0]), Image.BICUBIC)
         raise UserError(f"no image in {self.root} could be decoded; check the files")
+
+
+def _frozen(im: Image.Image) -> np.ndarray:
+    """A read-only uint8 array of `im`: memoized arrays are shared between reads."""
+    arr = np.array(im, dtype=np.uint8)
+    arr.flags.writeable = False
+    return arr

@@ -20,6 +20,7 @@ from PIL import Image
 
 from dreamteacher.data.folder import (
     IMAGE_EXTENSIONS,
+    Memo,
     check_image,
     load_rgb,
     oriented_size,
@@ -349,15 +350,25 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.full_res = full_res
         self.exif = {i: folder.exif[i] for i in self.ids}  # (checked by MaskFolder)
         self.mask_sizes: set[tuple[int, int]] = {folder.mask_size[i] for i in self.ids}
+        self.memo = Memo()
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        im, m = self.memo.get(k, lambda: self._decode(k))  # decoded once (Memo)
+        return to_tensor(im), torch.from_numpy(m.astype(np.int64))
+
+    def _decode(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image # H, W, 3 uint8, mask # H, W uint8 class ids, at full resolution with
+        full_res), read-only."""
         i = self.ids[k]
         h, w = self.size
         im = load_rgb(self.folder.images[i], exif=self.exif[i]).resize((w, h), Image.BICUBIC)
         m = Image.fromarray(self.folder.load_mask(i).astype(np.uint8))
         if not self.full_res:
             m = m.resize((w, h), Image.NEAREST)
-        return to_tensor(im), torch.from_numpy(np.asarray(m, dtype=np.int64).copy())
+        out = np.array(im, dtype=np.uint8), np.array(m, dtype=np.uint8)
+        for a in out:
+            a.flags.writeable = False
+        return out
