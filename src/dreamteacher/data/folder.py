@@ -196,12 +196,14 @@ class Memo:
         self.items: dict[int, tuple[np.ndarray, ...]] = {}
 
     def get(self, key: int, make) -> tuple[np.ndarray, ...]:
-        """The arrays stored for `key`, or make() (stored when in the main process and
-        under the limit). Callers must not modify what they get."""
+        """The arrays stored for `key`, or make()'s (stored when in the main process and
+        under the limit); read-only either way, as stored ones are shared between reads."""
         got = self.items.get(key)
         if got is not None:
             return got
         got = make()
+        for a in got:
+            a.flags.writeable = False
         n = sum(a.nbytes for a in got)
         if self.bytes + n <= self.limit and torch.utils.data.get_worker_info() is None:
             self.items[key] = got
@@ -271,7 +273,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def array(self, i: int) -> np.ndarray:
         """Image i at (H, W) as a read-only # H, W, 3 uint8 array, decoded once (Memo)."""
-        return self.memo.get(i, lambda: (_frozen(self._decode(i)),))[0]
+        return self.memo.get(i, lambda: (np.array(self._decode(i), dtype=np.uint8),))[0]
 
     def _decode(self, i: int) -> Image.Image:
         """Image i as RGB PIL at (H, W); an undecodable file is replaced by the next one."""
@@ -289,10 +291,3 @@ class ImageFolder(torch.utils.data.Dataset):
                 continue
             return im.resize((self.size[1], self.size[0]), Image.BICUBIC)
         raise UserError(f"no image in {self.root} could be decoded; check the files")
-
-
-def _frozen(im: Image.Image) -> np.ndarray:
-    """A read-only uint8 array of `im`: memoized arrays are shared between reads."""
-    arr = np.array(im, dtype=np.uint8)
-    arr.flags.writeable = False
-    return arr

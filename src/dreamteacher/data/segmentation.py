@@ -361,14 +361,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def _decode(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(image # H, W, 3 uint8, mask # H, W uint8 class ids, at full resolution with
-        full_res), read-only."""
+        full_res)."""
         i = self.ids[k]
         h, w = self.size
         im = load_rgb(self.folder.images[i], exif=self.exif[i]).resize((w, h), Image.BICUBIC)
         m = Image.fromarray(self.folder.load_mask(i).astype(np.uint8))
         if not self.full_res:
             m = m.resize((w, h), Image.NEAREST)
-        out = np.array(im, dtype=np.uint8), np.array(m, dtype=np.uint8)
-        for a in out:
-            a.flags.writeable = False
-        return out
+        return np.array(im, dtype=np.uint8), np.array(m, dtype=np.uint8)
